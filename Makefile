@@ -1,0 +1,41 @@
+# The whole set-up on a fresh machine is `make demo` or `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+# A CUDA GPU is present when nvidia-smi lists one; otherwise take the CPU build of torch that
+# lies on disk (an unpinned torch would pull a multi-GB CUDA build).
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
+TORCH_CPU := torch==2.13.0
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ "$(HAS_GPU)" = "0" ] && ! $(PY) -c "import torch" 2>/dev/null; then \
+		echo "installing the CPU build of torch ($(TORCH_CPU))"; \
+		$(PIP) install -q $(TORCH_CPU); fi
+	$(PIP) install -q -e '.[test,dev]'
+	@bash scripts/install-system-deps.sh
+	@touch $(STAMP)
+
+DEMO_DATA := data/demo
+
+demo: install
+	@test -f $(DEMO_DATA)/eval/classes.json || $(VENV)/bin/clipray synth --out $(DEMO_DATA) --rows 16000 --shards 8 --seed 0 --bad-rows 12
+	$(VENV)/bin/clipray train pipelines/demo.yaml
+
+test: install
+	$(VENV)/bin/ruff check clipray tests
+	$(PY) -m pytest -q -ra
+
+lint: install
+	$(VENV)/bin/ruff check clipray tests
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) clipray_runs mlruns.db mlartifacts data/demo

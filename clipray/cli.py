@@ -1,0 +1,107 @@
+"""Command line: parse -> load config -> call one function per command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+
+def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("pipeline", help="pipeline YAML")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted path; value parsed as YAML); repeatable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="clipray", description="CLIP-family training on Ray, tracked in MLflow")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a synthetic image/alt-text dataset (img2dataset parquet layout)")
+    p.add_argument("--out", required=True, help="output directory (train/ and eval/ are created in it)")
+    p.add_argument("--rows", type=int, required=True, help="training rows")
+    p.add_argument("--shards", type=int, default=4, help="parquet files for the training rows")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", type=int, default=64, help="short side of the stored images is 1-1.5x this")
+    p.add_argument("--eval-per-class", type=int, default=20, help="evaluation images per class")
+    p.add_argument("--bad-rows", type=int, default=0,
+                   help="rows broken on purpose (truncated JPEG, empty caption, null image)")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="train a pipeline on Ray and log it to MLflow")
+    _add_pipeline_args(p)
+    p.set_defaults(func=cmd_train)
+
+    data = sub.add_parser("data", help="data-plane tools").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("profile", help="run only the data stages: rows in/out, drops by reason, rows/s")
+    _add_pipeline_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many output rows")
+    p.set_defaults(func=cmd_data_profile)
+    return parser
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from clipray.data.synth import write_synthetic
+
+    info = write_synthetic(args.out, args.rows, shards=args.shards, seed=args.seed, image_size=args.image_size,
+                           eval_per_class=args.eval_per_class, bad_rows=args.bad_rows)
+    print(f"wrote {info['train_rows']} training rows ({info['bad_rows']} broken on purpose) in "
+          f"{info['shards']} shards and {info['eval_rows']} evaluation images over {info['classes']} classes "
+          f"to {info['path']}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from clipray.config import load_config
+
+    config = load_config(args.pipeline, args.overrides)  # fails before Ray starts
+    from clipray.train.launcher import train
+
+    result = train(config)
+    dropped = ", ".join(f"{k} {v}" for k, v in result.data["dropped"].items()) or "none"
+    print(f"data: {result.data['rows_in']} rows in, {result.data['rows_out']} out; dropped: {dropped}")
+    top1 = result.metrics.get("eval/zeroshot_top1")
+    if top1 is not None:
+        n = int(result.metrics["eval/zeroshot_classes"])
+        print(f"zero-shot top-1: {top1:.2f} ({n} classes, chance {1 / n:.3f})")
+    print(f"open the run: mlflow ui --backend-store-uri {result.tracking_uri}  "
+          f"(then http://127.0.0.1:5000/#/experiments/ -> {result.experiment!r})")
+    print(f"mlflow_run_id: {result.run_id}")
+    print(f"mlflow_tracking_uri: {result.tracking_uri}")
+    return 0
+
+
+def cmd_data_profile(args: argparse.Namespace) -> int:
+    from clipray.config import load_config
+
+    config = load_config(args.pipeline, args.overrides)
+    from clipray.data.profile import profile
+
+    report = profile(config, limit=args.limit, quiet=args.json)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"rows in {report['rows_in']}, rows out {report['rows_out']}, {report['rows_per_s']:.0f} rows/s "
+              f"over {report['elapsed_s']:.1f} s")
+        for reason, n in report["dropped"].items():
+            print(f"  dropped {reason}: {n}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        from clipray.config import ConfigError
+
+        if isinstance(e, ConfigError | FileNotFoundError) or type(e) is KeyError:
+            print(f"clipray: error: {e}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

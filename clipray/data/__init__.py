@@ -1,0 +1,1 @@
+"""Data plane: sources, per-batch ops, the Ray Data pipeline and the synthetic dataset."""

@@ -1,0 +1,73 @@
+"""Caption clean-up, the empty-caption filter and tokenization."""
+
+from __future__ import annotations
+
+import html
+import unicodedata
+
+import numpy as np
+import regex
+
+from clipray.data.ops.base import Batch, DropStats, drop_where, op_registry
+
+_WHITESPACE = regex.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]+")
+
+
+def clean_caption(text: str) -> str:
+    """Unescape HTML entities, remove control/format characters and collapse whitespace."""
+    text = html.unescape(html.unescape(text))
+    text = "".join(
+        " " if ch.isspace() else ch
+        for ch in text
+        if ch.isspace() or unicodedata.category(ch)[0] != "C"
+    )
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+class CleanCaptions:
+    """`caption_column` -> `caption` (cleaned str). Drops `null_caption` and `empty_caption`."""
+
+    writes = ("caption",)
+
+    def __init__(self, caption_column: str = "caption") -> None:
+        self.caption_column = caption_column
+        self.reads = (caption_column,)
+
+    def __call__(self, batch: Batch, stats: DropStats) -> Batch:
+        raw = batch[self.caption_column]
+        null = np.array([c is None for c in raw], dtype=bool)
+        texts = [clean_caption(c) if c is not None else "" for c in raw]
+        batch = dict(batch)
+        if self.caption_column != "caption":
+            del batch[self.caption_column]
+        batch["caption"] = texts
+        batch = drop_where(batch, null, "null_caption", stats)
+        empty = np.array([not t for t in batch["caption"]], dtype=bool)
+        return drop_where(batch, empty, "empty_caption", stats)
+
+
+class Tokenize:
+    """`caption` -> `tokens` int32 (N, context_length). Tokenizer built once per actor."""
+
+    reads = ("caption",)
+    writes = ("tokens",)
+
+    def __init__(self, spec: str, context_length: int) -> None:
+        from clipray.text import load_tokenizer
+
+        self.tokenizer = load_tokenizer(spec, context_length=context_length)
+
+    def __call__(self, batch: Batch, stats: DropStats) -> Batch:
+        batch = dict(batch)
+        batch["tokens"] = self.tokenizer(list(batch["caption"]))
+        return batch
+
+
+@op_registry.register("clean_caption")
+def _clean(config, *, train: bool) -> CleanCaptions:
+    return CleanCaptions(config.data.caption_column)
+
+
+@op_registry.register("tokenize")
+def _tokenize(config, *, train: bool) -> Tokenize:
+    return Tokenize(config.text.tokenizer, config.model.text.context_length)

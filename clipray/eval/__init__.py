@@ -1,0 +1,1 @@
+"""Evaluation: zero-shot classification (retrieval and modality gap build on the same embeddings)."""

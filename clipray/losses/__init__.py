@@ -1,0 +1,5 @@
+"""Contrastive losses that take their distributed context as arguments."""
+
+from clipray.losses.contrastive import gather_with_grad, softmax_contrastive_loss
+
+__all__ = ["gather_with_grad", "softmax_contrastive_loss"]

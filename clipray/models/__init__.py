@@ -1,0 +1,5 @@
+"""Model families (CLIP, CLIPPO, ALBEF). Importable without Ray."""
+
+from clipray.models.registry import build_model, model_registry
+
+__all__ = ["build_model", "model_registry"]

@@ -1,0 +1,137 @@
+"""Tracker protocol and its MLflow implementation.
+
+The driver creates the MLflow run and passes (tracking_uri, run_id) to the training workers;
+rank 0 reopens that run by id, so a restarted worker group keeps logging into the same run.
+Metric names are namespaced: `train/…`, `data/…`, `eval/…`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential|private)", re.I)
+MASK = "***"
+
+
+def mask_secrets(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Replace values whose key names a secret; also values that embed credentials in a URI."""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if SECRET_KEY.search(key):
+            out[key] = MASK if value not in (None, "") else value
+        elif isinstance(value, str):
+            out[key] = re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1" + MASK + "@", value)
+        else:
+            out[key] = value
+    return out
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """Config, then $MLFLOW_TRACKING_URI, then a SQLite store in the working directory; absolute."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlruns.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    elif "://" not in uri:  # a plain directory: MLflow's file store
+        uri = Path(uri).resolve().as_uri()
+    return uri
+
+
+class Tracker(Protocol):
+    run_id: str | None
+
+    def log_params(self, params: Mapping[str, Any]) -> None: ...
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None: ...
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None: ...
+
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class NullTracker:
+    """Used on every rank but the one that owns the run, and in unit tests."""
+
+    run_id: str | None = None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        pass
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        pass
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        pass
+
+    def close(self, status: str = "FINISHED") -> None:
+        pass
+
+
+class MlflowTracker:
+    """Logs into an existing MLflow run by id (no global `mlflow.start_run` state)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in mask_secrets(params).items()]
+        for i in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+
+    def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, path, artifact_path)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for k, v in mask_secrets(tags).items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def close(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def _param_value(v: Any) -> str:
+    s = "None" if v is None else str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+def start_run(experiment: str, tracking_uri: str, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None) -> MlflowTracker:
+    """Create (or reuse) the experiment and a new run in it; returns a tracker bound to it."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        artifact_location = None
+        if tracking_uri.startswith("sqlite:///"):
+            # Keep artifacts beside the database, not relative to whichever cwd a process has.
+            db = Path(tracking_uri.removeprefix("sqlite:///"))
+            artifact_location = (db.parent / "mlartifacts").as_uri()
+        exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+    else:
+        exp_id = exp.experiment_id
+    run = client.create_run(exp_id, run_name=run_name, tags=dict(mask_secrets(tags or {})))
+    return MlflowTracker(tracking_uri, run.info.run_id)

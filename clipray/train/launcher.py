@@ -1,0 +1,151 @@
+"""Driver side of a training run: MLflow run, Ray cluster, TorchTrainer, final evaluation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.config.load import flatten
+from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
+
+
+@dataclass
+class TrainResult:
+    run_id: str
+    tracking_uri: str
+    experiment: str
+    checkpoint_path: str | None
+    metrics: dict[str, float]
+    data: dict[str, Any]
+
+
+def init_ray(config: PipelineConfig) -> None:
+    """Connect to the cluster in ray.address / $RAY_ADDRESS, or start an embedded local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=False,
+                 configure_logging=True, logging_level="warning")
+
+
+def storage_path(config: PipelineConfig) -> str:
+    path = config.train.storage_path or "clipray_runs"
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def log_config(tracker: MlflowTracker | NullTracker, config: PipelineConfig) -> None:
+    """Flattened params (secrets masked) and the resolved config as `config.yaml`."""
+    from clipray.tracking.tracker import mask_secrets
+
+    params = flatten(to_dict(config))
+    tracker.log_params(params)
+    masked = mask_secrets(params)
+    nested: dict[str, Any] = {}
+    for key, value in masked.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "config.yaml"
+        path.write_text(yaml.safe_dump(nested, sort_keys=False))
+        tracker.log_artifact(str(path))
+
+
+def _worker_entry(loop_config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker; rank 0 logs into the driver's MLflow run."""
+    import torch
+
+    from clipray.train.context import RayTrainContext
+    from clipray.train.loop import train_loop
+
+    config = load_config(data=loop_config["config"])
+    tc = config.train
+    torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
+    ctx = RayTrainContext(batch_size=config.per_worker_batch_size,
+                          local_shuffle_buffer=config.data.local_shuffle_buffer, seed=tc.seed)
+    tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["run_id"]) if ctx.rank == 0 else NullTracker()
+    train_loop(config, ctx, tracker)
+
+
+def train(config: PipelineConfig) -> TrainResult:
+    """Train `config` on Ray, log everything to one MLflow run, evaluate zero-shot at the end."""
+    import ray
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from clipray.data.pipeline import build_dataset
+    from clipray.data.stats import stats_actor
+
+    tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
+    experiment = config.tracking.experiment or config.name
+    tracker = start_run(experiment, tracking_uri, run_name=config.tracking.run_name,
+                        tags={"clipray.pipeline": config.name, "clipray.family": config.model.family})
+    print(f"[clipray] MLflow run {tracker.run_id} in experiment {experiment!r} ({tracking_uri})", flush=True)
+    status = "FAILED"
+    try:
+        log_config(tracker, config)
+        init_ray(config)
+        stats = stats_actor()
+        dataset = build_dataset(config, train=True, stats=stats)
+        tc = config.train
+        trainer = TorchTrainer(
+            _worker_entry,
+            train_loop_config={"config": to_dict(config), "tracking_uri": tracking_uri, "run_id": tracker.run_id},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+            ),
+            run_config=ray.train.RunConfig(
+                name=f"{config.name}-{tracker.run_id[:8]}",
+                storage_path=storage_path(config),
+                failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+            ),
+            datasets={"train": dataset},
+        )
+        started = time.monotonic()
+        result = trainer.fit()
+        train_s = time.monotonic() - started
+        data = ray.get(stats.snapshot.remote())
+        metrics = data_metrics(data, train_s)
+        checkpoint_path = result.checkpoint.path if result.checkpoint else None
+        if config.eval.zeroshot_source and result.checkpoint is not None:
+            metrics.update(evaluate_checkpoint(config, result.checkpoint))
+        tracker.log_metrics(metrics, step=tc.steps)
+        status = "FINISHED"
+        return TrainResult(tracker.run_id, tracking_uri, experiment, checkpoint_path, metrics, data)
+    finally:
+        tracker.close(status)
+
+
+def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
+    out = {f"data/dropped/{reason}": float(n) for reason, n in data["dropped"].items()}
+    out["data/rows_in"] = float(data["rows_in"])
+    out["data/rows_out"] = float(data["rows_out"])
+    out["data/rows_per_s"] = data["rows_in"] / wall_s if wall_s > 0 else 0.0
+    return out
+
+
+def evaluate_checkpoint(config: PipelineConfig, checkpoint: Any) -> dict[str, float]:
+    from clipray.eval.zeroshot import load_zeroshot_task, zero_shot_eval
+    from clipray.models import build_model
+    from clipray.train.context import load_state
+
+    with checkpoint.as_directory() as d:
+        state = load_state(d)
+    model = build_model(config.model)
+    model.load_state_dict(state["objective"]["model"])
+    return zero_shot_eval(model, config, load_zeroshot_task(config))

@@ -1,0 +1,117 @@
+"""The training loop shared by every model family.
+
+batch -> objective -> backward -> clip -> step -> maybe log / checkpoint, until train.steps.
+Resuming is the same path as starting: the state (model, optimizer, scheduler, step, epoch,
+RNG) comes from the latest checkpoint when there is one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from clipray.config import PipelineConfig, to_dict
+from clipray.train.context import TrainContext
+from clipray.train.objectives import build_objective
+from clipray.train.optim import build_optimizer, build_scheduler
+from clipray.tracking import NullTracker, Tracker
+
+
+def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | None = None) -> dict[str, float]:
+    """Train until `config.train.steps`; returns the last logged metrics."""
+    tc = config.train
+    tracker = tracker or NullTracker()
+    torch.manual_seed(tc.seed)  # same initial weights on every rank
+    objective = build_objective(config, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
+    optimizer = build_optimizer(objective.module, config.optim)
+    scheduler = build_scheduler(optimizer, config.optim, tc.steps)
+    step, epoch = 0, 0
+    state = ctx.latest_state()
+    if state is not None:
+        objective.load_state_dict(state["objective"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch = state["step"], state["epoch"]
+        _set_rng(state["rng"])
+    if ctx.rank == 0:
+        print(f"[clipray] training {config.model.family} from step {step} to {tc.steps} on "
+              f"{ctx.world_size} worker(s), {ctx.device}", flush=True)
+    objective.train()
+    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+    metrics: dict[str, float] = {}
+    last = time.perf_counter()
+    while step < tc.steps:
+        seen = 0
+        for batch in ctx.batches(epoch):
+            seen += 1
+            with autocast:
+                losses, report = objective(batch)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), tc.grad_clip or float("inf"))
+            optimizer.step()
+            scheduler.step()
+            objective.after_step()
+            step += 1
+            if step % tc.log_every == 0 or step == tc.steps:
+                now = time.perf_counter()
+                metrics = _metrics(losses, report, ctx, optimizer, grad_norm,
+                                   samples_per_s=tc.global_batch_size * tc.log_every / (now - last))
+                last = now
+                tracker.log_metrics(metrics, step)
+                if ctx.rank == 0 and (step % max(tc.log_every, 10) == 0 or step == tc.steps):
+                    print(f"[clipray] step {step}/{tc.steps} loss {metrics['train/loss']:.4f} "
+                          f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.0f} samples/s", flush=True)
+            if step % tc.checkpoint_every == 0 or step == tc.steps:
+                state = _state(objective, optimizer, scheduler, step, epoch, config) if ctx.rank == 0 else None
+                ctx.report({"step": step, **metrics}, state)
+            if step >= tc.steps:
+                break
+        if seen == 0:
+            raise RuntimeError(f"epoch {epoch} yielded no batch: the dataset has fewer rows than one "
+                               f"batch per worker ({config.per_worker_batch_size})")
+        epoch += 1
+    return metrics
+
+
+def _metrics(losses: dict[str, torch.Tensor], report: dict[str, float], ctx: TrainContext,
+             optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor, samples_per_s: float) -> dict[str, float]:
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    if ctx.world_size > 1:  # each rank holds the loss of its rows; the batch loss is their mean
+        dist.all_reduce(values)
+        values /= ctx.world_size
+    out = {f"train/{k}": float(v) for k, v in zip(losses, values.tolist())}
+    out.update({f"train/{k}": float(v) for k, v in report.items()})
+    out["train/lr"] = optimizer.param_groups[0]["lr"]
+    out["train/grad_norm"] = float(grad_norm)
+    out["train/samples_per_s"] = samples_per_s
+    out["train/world_size"] = float(ctx.world_size)
+    return out
+
+
+def _state(objective: Any, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, epoch: int,
+           config: PipelineConfig) -> dict[str, Any]:
+    return {
+        "objective": objective.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "rng": _get_rng(),
+        "config": to_dict(config),
+    }
+
+
+def _get_rng() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng(rng: dict[str, Any]) -> None:
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])

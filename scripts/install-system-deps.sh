@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# System packages some stages and tests use. Installed where the machine allows it (root or
+# passwordless sudo with apt); elsewhere the stages that need them fail with a message that says
+# what to install.
+set -u
+packages=()
+[ -e /usr/share/fonts/opentype/unifont/unifont.otf ] || packages+=(fonts-unifont)
+[ ${#packages[@]} -eq 0 ] && exit 0
+if command -v apt-get >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" = "0" ] || SUDO="sudo -n"
+    echo "installing system packages: ${packages[*]}"
+    ($SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}") >/dev/null 2>&1 \
+        || echo "warning: could not install ${packages[*]}; the CLIPPO text renderer needs fonts-unifont"
+fi
+exit 0
