@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -75,13 +76,16 @@ def _empty_output(batch: Batch) -> Batch:
 def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = None, seed: int | None = None,
                   source: str | None = None) -> ray.data.Dataset:
     """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False)."""
-    from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy, DataContext
 
+    ctx = DataContext.get_current()
+    if not sys.stderr.isatty():  # per-operator bars are unreadable in logs; keep the overall one
+        ctx.enable_operator_progress_bars = False
     d = config.data
     columns = [d.key_column, d.caption_column, d.image_column]
     shuffle_seed = seed if seed is not None else (d.shuffle_seed if d.shuffle_seed is not None else config.train.seed)
     ds = read_parquet(source or d.source, columns=columns, endpoint_url=d.endpoint_url,
-                      shuffle_seed=shuffle_seed if train else None)
+                      shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus)
     return ds.map_batches(
         Preprocess,
         fn_constructor_args=(config,),

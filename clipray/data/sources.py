@@ -38,11 +38,11 @@ def resolve(source: str, endpoint_url: str | None = None) -> tuple[list[str] | s
 
 
 def read_parquet(source: str, *, columns: list[str] | None = None, endpoint_url: str | None = None,
-                 shuffle_seed: int | None = None) -> ray.data.Dataset:
+                 shuffle_seed: int | None = None, num_cpus: float = 0.25) -> ray.data.Dataset:
     """A lazy dataset over the parquet files of `source`, projected to `columns`."""
     import ray.data
     from ray.data import FileShuffleConfig
 
     paths, filesystem = resolve(source, endpoint_url)
     shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
-    return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns, shuffle=shuffle)
+    return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns, shuffle=shuffle, num_cpus=num_cpus)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
@@ -40,11 +41,14 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
     if not classes_file.exists():
         raise FileNotFoundError(f"zero-shot classes file not found: {classes_file}")
     meta = json.loads(classes_file.read_text())
-    table = pq.read_table(source, columns=["key", "jpg", "label"])
+    files = sorted(Path(source).glob("*.parquet")) if Path(source).is_dir() else [Path(source)]
+    if not files:
+        raise FileNotFoundError(f"no parquet files in the zero-shot set {source}")
+    table = pa.concat_tables([pq.read_table(f, columns=["key", config.data.image_column, "label"]) for f in files])
     prep = Preprocess(config, train=False, names=("decode", "image_transform"))
     counts = CountingStats()
     batch = {"key": table.column("key").to_numpy(zero_copy_only=False),
-             config.data.image_column: table.column("jpg").to_pylist(),
+             config.data.image_column: table.column(config.data.image_column).to_pylist(),
              "label": table.column("label").to_numpy()}
     for op in prep.ops:
         batch = op(batch, counts)

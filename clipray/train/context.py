@@ -94,13 +94,15 @@ class RayTrainContext:
         self._shard = ray.train.get_dataset_shard("train")
 
     def batches(self, epoch: int) -> Iterator[Batch]:
+        from clipray.train.collate import TrainCollate
+
         # A fresh iterator per epoch: Ray Data iterators are single-use.
         return iter(self._shard.iter_torch_batches(
             batch_size=self.batch_size,
             drop_last=True,  # equal step counts on every rank, or collectives deadlock
             local_shuffle_buffer_size=self.local_shuffle_buffer or None,
             local_shuffle_seed=(self.seed + epoch) if self.local_shuffle_buffer else None,
-            device=self.device,
+            collate_fn=TrainCollate(),  # tensors move to the device in the objective
             prefetch_batches=2,
         ))
 

@@ -1,0 +1,44 @@
+"""Shared fixtures. Servers and clusters that tests start listen on loopback and are stopped by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A few hundred synthetic rows with a handful broken on purpose (shared, read-only)."""
+    from clipray.data.synth import write_synthetic
+
+    out = tmp_path_factory.mktemp("tiny")
+    write_synthetic(out, 384, shards=3, seed=1, image_size=32, eval_per_class=2, bad_rows=6)
+    return out
+
+
+@pytest.fixture
+def run_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a `clipray` subprocess: its own MLflow store, temp dir and Ray settings."""
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
+    env["TMPDIR"] = str(tmp_path)
+    env["RAY_AUTH_MODE"] = "disabled"  # this test's own embedded cluster needs no token
+    env.pop("RAY_ADDRESS", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def clipray_cmd(*args: str) -> list[str]:
+    exe = shutil.which("clipray", path=str(Path(sys.executable).parent))
+    return [exe, *args] if exe else [sys.executable, "-m", "clipray", *args]
+
+
+def run_clipray(*args: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(clipray_cmd(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
