@@ -6,6 +6,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +26,19 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def run_env(tmp_path: Path) -> dict[str, str]:
+def short_tmp() -> Iterator[Path]:
+    """A short temp dir: Ray's unix socket paths must stay under 107 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="cr-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_env(tmp_path: Path, short_tmp: Path) -> dict[str, str]:
     """Environment for a `clipray` subprocess: its own MLflow store, temp dir and Ray settings."""
     env = dict(os.environ)
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path}/mlflow.db"
-    env["TMPDIR"] = str(tmp_path)
+    env["TMPDIR"] = str(short_tmp)  # Ray puts its session (sockets, logs) here; removed after
     env["RAY_AUTH_MODE"] = "disabled"  # this test's own embedded cluster needs no token
     env.pop("RAY_ADDRESS", None)
     env["PYTHONUNBUFFERED"] = "1"

@@ -89,7 +89,7 @@ def zero_shot_eval(model: Any, config: PipelineConfig, task: ZeroShotTask,
     weights = class_weights(model, tokenizer, task.classes, task.templates, device)
     feats = embed_images(model, task.images, config, device, config.eval.batch_size)
     logits = feats @ weights.T
-    labels = torch.from_numpy(task.labels).to(device)
+    labels = torch.from_numpy(np.array(task.labels)).to(device)
     top1 = (logits.argmax(-1) == labels).float().mean().item()
     k = min(5, len(task.classes))
     top5 = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()

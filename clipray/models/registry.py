@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from clipray.config.schema import ModelConfig
 
-model_registry: Registry[Callable[["ModelConfig"], "nn.Module"]] = Registry(
+model_registry: Registry[Callable[[ModelConfig], nn.Module]] = Registry(
     "model family", lazy_modules=["clipray.models.clip.model"]
 )
 

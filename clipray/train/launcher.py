@@ -36,7 +36,7 @@ def init_ray(config: PipelineConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=False,
+        ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="warning")
 
 

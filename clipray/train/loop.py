@@ -16,10 +16,10 @@ import torch
 import torch.distributed as dist
 
 from clipray.config import PipelineConfig, to_dict
+from clipray.tracking import NullTracker, Tracker
 from clipray.train.context import TrainContext
 from clipray.train.objectives import build_objective
 from clipray.train.optim import build_optimizer, build_scheduler
-from clipray.tracking import NullTracker, Tracker
 
 
 def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | None = None) -> dict[str, float]:

@@ -17,7 +17,7 @@ def tiny_model(**text):
 
 
 def test_shapes_and_normalisation():
-    model, cfg = tiny_model()
+    model, _cfg = tiny_model()
     ids = torch.from_numpy(load_tokenizer("words", 16)(["a red circle", "two blue squares on a gray background"]))
     img, txt, scale = model(torch.randn(2, 3, 32, 32), ids.long())
     assert img.shape == txt.shape == (2, 24)
