@@ -39,6 +39,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     p.add_argument("--limit", type=int, default=None, help="stop after this many output rows")
     p.set_defaults(func=cmd_data_profile)
+
+    bench = sub.add_parser("bench", help="benchmarks: clipray beside a baseline, measured in one run")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    from clipray.bench import load_benchmarks
+
+    for name, b in load_benchmarks().items():
+        p = bench_sub.add_parser(name, help=b.help)
+        b.add_arguments(p)
+        p.set_defaults(func=b.run)
     return parser
 
 
