@@ -67,7 +67,8 @@ def _background(rng: np.random.Generator, w: int, h: int, name: str) -> np.ndarr
 
 def _draw(draw: ImageDraw.ImageDraw, obj: Obj, w: int, h: int, rng: np.random.Generator) -> None:
     side = min(w, h)
-    r = side * (rng.uniform(0.17, 0.23) if obj.size == "large" else rng.uniform(0.08, 0.11))
+    # Small objects stay >= ~10 px across at the demo's 48 px input so their shape is visible.
+    r = side * (rng.uniform(0.19, 0.25) if obj.size == "large" else rng.uniform(0.11, 0.14))
     px, py = POSITIONS[obj.position]
     cx = px * w + rng.uniform(-0.06, 0.06) * w
     cy = py * h + rng.uniform(-0.06, 0.06) * h

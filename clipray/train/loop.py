@@ -8,6 +8,7 @@ RNG) comes from the latest checkpoint when there is one.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from typing import Any
 
@@ -39,8 +40,8 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
         step, epoch = state["step"], state["epoch"]
         _set_rng(state["rng"])
     if ctx.rank == 0:
-        print(f"[clipray] training {config.model.family} from step {step} to {tc.steps} on "
-              f"{ctx.world_size} worker(s), {ctx.device}", flush=True)
+        _say(f"training {config.model.family} from step {step} to {tc.steps} on {ctx.world_size} worker(s), "
+             f"{ctx.device}")
     objective.train()
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     metrics: dict[str, float] = {}
@@ -65,8 +66,8 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
                 last = now
                 tracker.log_metrics(metrics, step)
                 if ctx.rank == 0 and (step % max(tc.log_every, 10) == 0 or step == tc.steps):
-                    print(f"[clipray] step {step}/{tc.steps} loss {metrics['train/loss']:.4f} "
-                          f"lr {metrics['train/lr']:.2e} {metrics['train/samples_per_s']:.0f} samples/s", flush=True)
+                    _say(f"step {step}/{tc.steps} loss {metrics['train/loss']:.4f} lr {metrics['train/lr']:.2e} "
+                         f"{metrics['train/samples_per_s']:.0f} samples/s")
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 state = _state(objective, optimizer, scheduler, step, epoch, config) if ctx.rank == 0 else None
                 ctx.report({"step": step, **metrics}, state)
@@ -77,6 +78,13 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
                                f"batch per worker ({config.per_worker_batch_size})")
         epoch += 1
     return metrics
+
+
+def _say(message: str) -> None:
+    # Ray Train routes print() through its logger *and* the worker's stdout (each line would show
+    # twice on the driver); one direct write shows once.
+    sys.stdout.write(f"[clipray] {message}\n")
+    sys.stdout.flush()
 
 
 def _metrics(losses: dict[str, torch.Tensor], report: dict[str, float], ctx: TrainContext,
