@@ -9,8 +9,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.support.seaweedfs import S3Server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,3 +56,20 @@ def clipray_cmd(*args: str) -> list[str]:
 
 def run_clipray(*args: str, env: dict[str, str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     return subprocess.run(clipray_cmd(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server on 127.0.0.1 with an access key and secret (session-wide).
+
+    Yields `tests.support.seaweedfs.S3Server`: `.endpoint_url`, `.access_key`, `.secret_key`,
+    `.region`, `.client()` (boto3), `.create_bucket(name)`, `.upload_dir(...)`, `.env()`.
+    Tests use their own bucket names so they do not see each other's objects.
+    """
+    from tests.support.seaweedfs import SeaweedFS
+
+    weed = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield weed.start()
+    finally:
+        weed.stop()
