@@ -25,10 +25,32 @@ class DataConfig:
     shuffle_seed: int | None = None  # file order seed; defaults to train.seed
     local_shuffle_buffer: int = 512  # rows shuffled on each training worker (0 = off)
     max_image_pixels: int = 100_000_000  # headers declaring more are dropped undecoded
+    # Sources: hive partitions (dt=2026-11-22/) become columns; keep only these values per key.
+    partition_filter: dict[str, list[str]] = field(default_factory=dict)
+    partition_columns: list[str] = field(default_factory=list)  # partition keys carried to the output
+    connect_timeout_s: float = 10.0  # S3 reachability/credentials check before Ray Data starts
+    # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order.
+    ops: list[str] = field(default_factory=lambda: [
+        "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "tokenize",
+    ])
+    jpeg_decoder: Literal["simplejpeg", "pil"] = "simplejpeg"  # simplejpeg: libjpeg-turbo M/8 reduced decode
+    # Filters (each counts its drops by reason).
+    min_image_side: int = 0  # drop `too_small` below this shorter side (0 = off)
+    max_aspect_ratio: float | None = None  # drop `bad_aspect_ratio` when long/short side exceeds it
+    min_caption_chars: int = 1  # after clean-up; shorter -> `caption_too_short` (empty -> `empty_caption`)
+    max_caption_chars: int = 2000  # longer -> `caption_too_long` (web junk, not alt text)
+    fix_text: bool = True  # ftfy mojibake repair in caption clean-up
+    dedup_images: bool = True  # drop exact duplicate image bytes within a parquet file
 
     def __post_init__(self) -> None:
         if self.batch_size <= 0 or self.concurrency <= 0:
             raise ValueError("data.batch_size and data.concurrency must be positive")
+        if self.max_aspect_ratio is not None and self.max_aspect_ratio < 1:
+            raise ValueError(f"data.max_aspect_ratio must be >= 1 (long/short side), got {self.max_aspect_ratio}")
+        if not 0 <= self.min_caption_chars <= self.max_caption_chars:
+            raise ValueError("data.min_caption_chars must be between 0 and data.max_caption_chars")
+        if self.connect_timeout_s <= 0:
+            raise ValueError("data.connect_timeout_s must be positive")
 
 
 @dataclass(kw_only=True)

@@ -1,44 +1,85 @@
 """Pipeline config -> Ray Dataset: read parquet, then one preprocessing stage of chained ops.
 
-    read_parquet (projection, seeded file order)
-      -> Preprocess: decode -> clean_caption -> image_transform -> tokenize
-      -> {key, image uint8 (N,S,S,3), tokens int32 (N,L)}
+    resolve source (list files, check S3 reachability/credentials and schemas before Ray Data)
+      -> read_parquet (projection, hive partition columns, seeded file order)
+      -> Preprocess: data.ops, by default dedup_images -> decode -> image_filter -> clean_caption
+                     -> caption_filter -> image_transform -> tokenize
+      -> {key, image uint8 (N,S,S,3), tokens int32 (N,L)} (+ data.partition_columns)
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from clipray.data.ops.base import Batch, CountingStats, Op, batch_len, op_registry
-from clipray.data.sources import read_parquet
+from clipray.data.sources import Source, check_columns, read_parquet, resolve
 
 if TYPE_CHECKING:
     import ray.data
 
     from clipray.config import PipelineConfig
 
-TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")
+TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")  # the minimal chain
 OUTPUT_COLUMNS = ("key", "image", "tokens")
 
 
-def build_ops(config: PipelineConfig, *, train: bool, names: tuple[str, ...] = TRAIN_OPS) -> list[Op]:
-    return [op_registry.get(name)(config, train=train) for name in names]
+def build_ops(config: PipelineConfig, *, train: bool, names: Sequence[str] | None = None) -> list[Op]:
+    """The ops named in `names` (default: `data.ops`), in order."""
+    return [op_registry.get(name)(config, train=train) for name in (config.data.ops if names is None else names)]
+
+
+def arrow_to_columns(table: Any) -> Batch:
+    """A pyarrow batch as dict of numpy columns; string columns arrive as raw bytes where invalid.
+
+    Converting an Arrow string column with invalid UTF-8 to Python raises for the whole batch, so
+    string columns are viewed as binary and decoded per row: the caption op then drops the bad
+    rows (`invalid_caption`) and keeps the rest.
+    """
+    import pyarrow as pa
+
+    out: Batch = {}
+    for name, col in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            raw = col.cast(pa.large_binary() if pa.types.is_large_string(col.type) else pa.binary())
+            values = raw.to_numpy(zero_copy_only=False)
+            out[name] = np.array([_utf8_or_bytes(v) for v in values], dtype=object)
+        else:
+            out[name] = col.to_numpy(zero_copy_only=False)
+    return out
+
+
+def _utf8_or_bytes(v: bytes | None) -> str | bytes | None:
+    if v is None:
+        return None
+    try:
+        return v.decode("utf-8")
+    except UnicodeDecodeError:
+        return v
 
 
 class Preprocess:
     """Run a chain of ops over one batch and report rows in/out and drops to the stats actor."""
 
     def __init__(self, config: PipelineConfig, *, train: bool, stats: Any = None,
-                 names: tuple[str, ...] = TRAIN_OPS) -> None:
+                 names: Sequence[str] | None = None, dedup: Any = None) -> None:
         self.ops = build_ops(config, train=train, names=names)
+        for op in self.ops:
+            if hasattr(op, "attach"):
+                op.attach(dedup=dedup)  # shared state of one pipeline run (Ray actor handles)
         self.stats = stats  # a Ray actor handle, a PipelineStats, or None
         self.key_column = config.data.key_column
+        self.output_columns = OUTPUT_COLUMNS + tuple(config.data.partition_columns)
 
-    def __call__(self, batch: Batch) -> Batch:
+    def __call__(self, batch: Any) -> Batch:
         start = time.perf_counter()
         counts = CountingStats()
+        if not isinstance(batch, dict):
+            batch = arrow_to_columns(batch)
         rows_in = batch_len(batch)
         if self.key_column != "key" and self.key_column in batch:
             batch = dict(batch)
@@ -47,7 +88,7 @@ class Preprocess:
             batch = op(batch, counts)
             if batch_len(batch) == 0:
                 break
-        out = {name: batch[name] for name in OUTPUT_COLUMNS if name in batch}
+        out = {name: batch[name] for name in self.output_columns if name in batch}
         if batch_len(out) == 0:
             out = _empty_output(batch)
         rows_out = batch_len(out)
@@ -74,25 +115,57 @@ def _empty_output(batch: Batch) -> Batch:
 
 
 def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = None, seed: int | None = None,
-                  source: str | None = None) -> ray.data.Dataset:
-    """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False)."""
+                  source: str | None = None, files: Sequence[str] | None = None) -> ray.data.Dataset:
+    """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False).
+
+    `files`: read exactly these parquet files (paths as `list_source_files` returns them), in this
+    order, instead of listing `source`; used to rebuild a partial epoch on resume.
+    """
     from ray.data import ActorPoolStrategy, DataContext
+
+    from clipray.data.ops.filters import dedup_actor
 
     ctx = DataContext.get_current()
     if not sys.stderr.isatty():  # per-operator bars are unreadable in logs; keep the overall one
         ctx.enable_operator_progress_bars = False
     d = config.data
-    columns = [d.key_column, d.caption_column, d.image_column]
+    src = resolve_source(config, source=source, files=files)
     shuffle_seed = seed if seed is not None else (d.shuffle_seed if d.shuffle_seed is not None else config.train.seed)
-    ds = read_parquet(source or d.source, columns=columns, endpoint_url=d.endpoint_url,
-                      shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus)
+    if files is not None:
+        shuffle_seed = None  # an explicit list is read in its own order
+    names = tuple(config.data.ops)
+    dedup = dedup_actor() if d.dedup_images and "dedup_images" in names else None
+    ds = read_parquet(src, columns=[*required_columns(config), *d.partition_columns],
+                      shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus,
+                      include_paths=dedup is not None)
     return ds.map_batches(
         Preprocess,
         fn_constructor_args=(config,),
-        fn_constructor_kwargs={"train": train, "stats": stats},
+        fn_constructor_kwargs={"train": train, "stats": stats, "names": names, "dedup": dedup},
         batch_size=d.batch_size,
-        batch_format="numpy",
+        batch_format="pyarrow",  # converted in Preprocess, which survives invalid UTF-8 (arrow_to_columns)
         zero_copy_batch=True,
         compute=ActorPoolStrategy(min_size=1, max_size=d.concurrency),
         num_cpus=d.num_cpus,
     )
+
+
+def required_columns(config: PipelineConfig) -> list[str]:
+    d = config.data
+    return [d.key_column, d.caption_column, d.image_column]
+
+
+def resolve_source(config: PipelineConfig, *, source: str | None = None,
+                   files: Sequence[str] | None = None) -> Source:
+    """List (or take) the files, check S3 access and required columns; all before Ray Data starts."""
+    d = config.data
+    src = resolve(source or d.source, d.endpoint_url, partition_filter=d.partition_filter, timeout_s=d.connect_timeout_s)
+    if files is not None:
+        src = Source(list(files), src.filesystem, src.root, src.uri)
+    check_columns(src, required_columns(config))
+    return src
+
+
+def list_source_files(config: PipelineConfig, source: str | None = None) -> list[str]:
+    """The sorted parquet files of `data.source` after the partition filter (as `files=` takes them)."""
+    return resolve_source(config, source=source).files

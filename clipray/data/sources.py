@@ -1,48 +1,179 @@
-"""Parquet sources: local directories and globs, s3:// URIs (with S3-compatible endpoints)."""
+"""Parquet sources: local directories and globs, s3:// URIs (with S3-compatible endpoints).
+
+Everything that can fail cheaply fails here, before Ray Data starts: an unreachable endpoint,
+wrong credentials, a missing prefix, a file whose schema lacks a required column.
+"""
 
 from __future__ import annotations
 
 import glob
 import os
-from typing import TYPE_CHECKING
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow.fs
     import ray.data
 
+# Files whose schema is checked before reading (all of them when there are at most this many).
+SCHEMA_CHECK_FILES = 64
 
-def resolve(source: str, endpoint_url: str | None = None) -> tuple[list[str] | str, pyarrow.fs.FileSystem | None]:
-    """Paths and filesystem for `source`; local globs are expanded, local paths made absolute."""
+
+class SourceError(RuntimeError):
+    """The data source cannot be read; the message says which file/endpoint and why."""
+
+
+class MissingColumnError(SourceError):
+    pass
+
+
+@dataclass(frozen=True)
+class Source:
+    """Resolved parquet files (sorted), their filesystem and the root that partitions hang from."""
+
+    files: list[str]
+    filesystem: pyarrow.fs.FileSystem | None
+    root: str
+    uri: str
+
+    def display(self, path: str) -> str:
+        return f"s3://{path}" if self.uri.startswith("s3://") else path
+
+
+def s3_filesystem(endpoint_url: str | None = None, *, timeout_s: float | None = None) -> pyarrow.fs.S3FileSystem:
+    """pyarrow's S3 filesystem; credentials and region come from the standard AWS chain.
+
+    `timeout_s` makes a probe filesystem: short connect/request timeouts and a single attempt,
+    so that a wrong endpoint answers in seconds instead of after minutes of retries.
+    """
+    from pyarrow import fs
+
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs.update(endpoint_override=host.rstrip("/") or scheme, scheme=scheme if host else "https")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    if timeout_s is not None:
+        kwargs.update(connect_timeout=timeout_s, request_timeout=timeout_s,
+                      retry_strategy=fs.AwsStandardS3RetryStrategy(max_attempts=1))
+    return fs.S3FileSystem(**kwargs)
+
+
+def _classify_s3_error(e: BaseException) -> str:
+    text = str(e)
+    if any(s in text for s in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "ACCESS_DENIED", "AccessDenied",
+                               "Forbidden", "HTTP status 403", "InvalidToken", "ExpiredToken")):
+        return "access denied: wrong or missing credentials (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+    if any(s in text for s in ("NETWORK_CONNECTION", "Couldn't connect", "curlCode", "Connection refused",
+                               "Timeout", "timed out", "Could not resolve")):
+        return "endpoint unreachable (check data.endpoint_url / AWS_ENDPOINT_URL and the network)"
+    if "NoSuchBucket" in text or "does not exist" in text.lower():
+        return "bucket does not exist"
+    return "S3 request failed"
+
+
+def _list_s3(source: str, endpoint_url: str | None, timeout_s: float) -> tuple[list[str], pyarrow.fs.FileSystem]:
+    from pyarrow import fs
+
+    path = source.removeprefix("s3://").rstrip("/")
+    probe = s3_filesystem(endpoint_url, timeout_s=timeout_s)
+    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS default endpoint"
+    try:
+        # One listing with short timeouts and no retries: reachability, credentials and the prefix.
+        infos = probe.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
+    except OSError as e:
+        raise SourceError(f"data.source {source!r} at {endpoint}: {_classify_s3_error(e)}: {e}") from None
+    files = sorted(i.path for i in infos if i.type == fs.FileType.File and i.path.endswith(".parquet"))
+    if not files:
+        info = probe.get_file_info(path)
+        if info.type == fs.FileType.File:
+            files = [path]
+    if not files:
+        raise FileNotFoundError(f"data.source {source!r} at {endpoint}: no .parquet files under this prefix")
+    return files, s3_filesystem(endpoint_url)
+
+
+def _list_local(source: str) -> tuple[list[str], str]:
+    if any(ch in source for ch in "*?["):
+        files = sorted(os.path.abspath(p) for p in glob.glob(source, recursive=True) if os.path.isfile(p))
+        if not files:
+            raise FileNotFoundError(f"data.source {source!r} matches no files")
+        root = os.path.abspath(source.split("*")[0].split("?")[0].split("[")[0])
+        return files, root if os.path.isdir(root) else os.path.dirname(root)
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"data.source {source!r} does not exist")
+    path = os.path.abspath(source)
+    if os.path.isfile(path):
+        return [path], os.path.dirname(path)
+    files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if f.endswith(".parquet"))
+    if not files:
+        raise FileNotFoundError(f"data.source {source!r} holds no .parquet files")
+    return files, path
+
+
+def hive_partitions(path: str, root: str) -> dict[str, str]:
+    """`k=v` directory segments of `path` below `root` (img2dataset/Spark hive layout)."""
+    rel = path[len(root):].lstrip("/") if path.startswith(root) else path
+    parts = rel.split("/")[:-1]
+    return dict(p.split("=", 1) for p in parts if "=" in p)
+
+
+def partition_matches(parts: Mapping[str, str], wanted: Mapping[str, Sequence[Any]]) -> bool:
+    return all(k in parts and parts[k] in {str(v) for v in values} for k, values in wanted.items())
+
+
+def resolve(source: str, endpoint_url: str | None = None, *, partition_filter: Mapping[str, Sequence[Any]] | None = None,
+            timeout_s: float = 10.0) -> Source:
+    """List the parquet files of `source` (sorted), keeping only partitions in `partition_filter`."""
     if not source:
         raise ValueError("data.source is empty: set it to a parquet directory, glob or s3:// URI")
     if source.startswith("s3://"):
-        from pyarrow import fs
-
-        endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL")
-        kwargs: dict[str, object] = {}
-        if endpoint:
-            scheme, _, host = endpoint.partition("://")
-            kwargs.update(endpoint_override=host or scheme, scheme=scheme if host else "https")
-        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-        if region:
-            kwargs["region"] = region
-        return source.removeprefix("s3://"), fs.S3FileSystem(**kwargs)  # type: ignore[arg-type]
-    if any(ch in source for ch in "*?["):
-        paths = sorted(glob.glob(source))
-        if not paths:
-            raise FileNotFoundError(f"data.source {source!r} matches no files")
-        return [os.path.abspath(p) for p in paths], None
-    if not os.path.exists(source):
-        raise FileNotFoundError(f"data.source {source!r} does not exist")
-    return os.path.abspath(source), None
+        files, filesystem = _list_s3(source, endpoint_url, timeout_s)
+        root: str = source.removeprefix("s3://").rstrip("/")
+    else:
+        files, root = _list_local(source)
+        filesystem = None
+    if partition_filter:
+        files = [f for f in files if partition_matches(hive_partitions(f, root), partition_filter)]
+        if not files:
+            raise FileNotFoundError(f"data.source {source!r}: no files in partitions {dict(partition_filter)}")
+    return Source(files, filesystem, root, source)
 
 
-def read_parquet(source: str, *, columns: list[str] | None = None, endpoint_url: str | None = None,
-                 shuffle_seed: int | None = None, num_cpus: float = 0.25) -> ray.data.Dataset:
-    """A lazy dataset over the parquet files of `source`, projected to `columns`."""
+def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_CHECK_FILES) -> None:
+    """Fail fast, naming the file and the column, when a parquet schema lacks a required column."""
+    import pyarrow.parquet as pq
+
+    def missing(path: str) -> tuple[str, list[str]]:
+        try:
+            names = set(pq.read_schema(path, filesystem=src.filesystem).names)
+        except Exception as e:
+            raise SourceError(f"{src.display(path)}: cannot read the parquet footer: {e}") from None
+        return path, [c for c in required if c not in names]
+
+    with ThreadPoolExecutor(8) as pool:
+        for path, cols in pool.map(missing, src.files[:limit]):
+            if cols:
+                raise MissingColumnError(
+                    f"{src.display(path)}: required column(s) {cols} missing (configure data.key_column / "
+                    f"data.caption_column / data.image_column to match the files)"
+                )
+
+
+def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed: int | None = None,
+                 num_cpus: float = 0.25, include_paths: bool = False) -> ray.data.Dataset:
+    """A lazy dataset over `src.files`, projected to `columns`; hive partitions become columns."""
     import ray.data
     from ray.data import FileShuffleConfig
+    from ray.data.datasource import Partitioning
 
-    paths, filesystem = resolve(source, endpoint_url)
     shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
-    return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns, shuffle=shuffle, num_cpus=num_cpus)
+    return ray.data.read_parquet(
+        src.files, filesystem=src.filesystem, columns=columns, shuffle=shuffle, num_cpus=num_cpus,
+        partitioning=Partitioning("hive", base_dir=src.root), include_paths=include_paths,
+    )

@@ -29,7 +29,8 @@ class Op(Protocol):
 # name -> factory(config: PipelineConfig, *, train: bool) -> Op
 op_registry: Registry[Callable[..., Op]] = Registry(
     "data op",
-    lazy_modules=["clipray.data.ops.decode", "clipray.data.ops.text", "clipray.data.ops.transforms"],
+    lazy_modules=["clipray.data.ops.decode", "clipray.data.ops.text", "clipray.data.ops.transforms",
+                  "clipray.data.ops.filters"],
 )
 
 

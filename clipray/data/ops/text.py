@@ -13,8 +13,11 @@ from clipray.data.ops.base import Batch, DropStats, drop_where, op_registry
 _WHITESPACE = regex.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]+")
 
 
-def clean_caption(text: str) -> str:
-    """Unescape HTML entities, remove control/format characters and collapse whitespace."""
+def clean_caption(text: str, *, fix_text: bool = True) -> str:
+    """Repair mojibake (ftfy), unescape HTML entities, drop control/format characters, collapse whitespace."""
+    if fix_text:
+        # ftfy also unescapes HTML entities, but only in text without tags: unescape below regardless.
+        text = _ftfy_fix(text)
     text = html.unescape(html.unescape(text))
     text = "".join(
         " " if ch.isspace() else ch
@@ -24,24 +27,51 @@ def clean_caption(text: str) -> str:
     return _WHITESPACE.sub(" ", text).strip()
 
 
+def _ftfy_fix(text: str) -> str:
+    import ftfy
+
+    # normalization NFC keeps characters as written (NFKC would fold e.g. full-width forms)
+    return ftfy.fix_text(text, normalization="NFC")
+
+
+def as_text(value: object) -> str | None:
+    """A caption cell as str; None when it is not text (non-UTF-8 bytes, numbers, ...)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
 class CleanCaptions:
-    """`caption_column` -> `caption` (cleaned str). Drops `null_caption` and `empty_caption`."""
+    """`caption_column` -> `caption` (cleaned str).
+
+    Drops `null_caption` (missing), `invalid_caption` (not text: invalid UTF-8 bytes, numbers) and
+    `empty_caption` (nothing left after clean-up).
+    """
 
     writes = ("caption",)
 
-    def __init__(self, caption_column: str = "caption") -> None:
+    def __init__(self, caption_column: str = "caption", *, fix_text: bool = True) -> None:
         self.caption_column = caption_column
         self.reads = (caption_column,)
+        self.fix_text = fix_text
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch:
         raw = batch[self.caption_column]
         null = np.array([c is None for c in raw], dtype=bool)
-        texts = [clean_caption(c) if c is not None else "" for c in raw]
+        texts = [as_text(c) if c is not None else "" for c in raw]
+        invalid = np.array([t is None for t in texts], dtype=bool)
+        texts = [clean_caption(t, fix_text=self.fix_text) if t else "" for t in texts]
         batch = dict(batch)
         if self.caption_column != "caption":
             del batch[self.caption_column]
         batch["caption"] = texts
         batch = drop_where(batch, null, "null_caption", stats)
+        batch = drop_where(batch, invalid[~null], "invalid_caption", stats)
         empty = np.array([not t for t in batch["caption"]], dtype=bool)
         return drop_where(batch, empty, "empty_caption", stats)
 
@@ -65,7 +95,7 @@ class Tokenize:
 
 @op_registry.register("clean_caption")
 def _clean(config, *, train: bool) -> CleanCaptions:
-    return CleanCaptions(config.data.caption_column)
+    return CleanCaptions(config.data.caption_column, fix_text=config.data.fix_text)
 
 
 @op_registry.register("tokenize")
