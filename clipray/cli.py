@@ -100,9 +100,14 @@ def cmd_data_profile(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from clipray.data.sources import SourceError
+
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except SourceError as e:  # unreachable endpoint, wrong credentials, missing column: said in one line
+        print(f"clipray: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, KeyError) as e:
         from clipray.config import ConfigError
 

@@ -66,7 +66,8 @@ def s3_filesystem(endpoint_url: str | None = None, *, timeout_s: float | None = 
 
 def _classify_s3_error(e: BaseException) -> str:
     text = str(e)
-    if any(s in text for s in ("SignatureDoesNotMatch", "InvalidAccessKeyId", "ACCESS_DENIED", "AccessDenied",
+    if any(s in text for s in ("SignatureDoesNotMatch", "SIGNATURE_DOES_NOT_MATCH", "InvalidAccessKeyId",
+                               "INVALID_ACCESS_KEY_ID", "ACCESS_DENIED", "AccessDenied",
                                "Forbidden", "HTTP status 403", "InvalidToken", "ExpiredToken")):
         return "access denied: wrong or missing credentials (check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
     if any(s in text for s in ("NETWORK_CONNECTION", "Couldn't connect", "curlCode", "Connection refused",

@@ -1,0 +1,155 @@
+"""The data plane on a real Ray cluster, reading from local disk and from SeaweedFS over S3."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from clipray.config import load_config
+from clipray.data.sources import MissingColumnError, SourceError
+from tests.support.corpus import CORPUS_DATA_CONFIG, write_corpus
+from tests.support.seaweedfs import free_ports
+
+pytestmark = pytest.mark.e2e
+
+BUCKET = "clipray-data-sources"
+
+
+def config(source: str, **data):
+    return load_config(data={
+        "name": "t",
+        "data": {**CORPUS_DATA_CONFIG, "source": source, "batch_size": 16, "concurrency": 2, **data},
+        "model": {"vision": {"image_size": 32, "patch_size": 8}, "text": {"context_length": 16}},
+    })
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    info = write_corpus(root, shards=3, good_per_shard=30, partitioned=True)
+    return root, info
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3_server):
+    """An in-process Ray cluster whose workers see the S3 server's AWS variables (the standard chain)."""
+    import ray
+
+    saved = dict(os.environ)
+    tmp = tempfile.mkdtemp(prefix="crd-", dir="/tmp")
+    os.environ.update(s3_server.env())
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    os.environ.pop("RAY_ADDRESS", None)
+    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, logging_level="warning")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def collect(cfg, **kw):
+    """(rows by key: (image sha1, tokens), stats snapshot) of the eval-mode pipeline."""
+    import ray
+
+    from clipray.data.pipeline import build_dataset
+    from clipray.data.stats import stats_actor
+
+    stats = stats_actor()
+    ds = build_dataset(cfg, train=False, stats=stats, **kw)
+    rows = {}
+    for b in ds.iter_batches(batch_size=32, batch_format="numpy"):
+        for i, key in enumerate(b["key"]):
+            extra = tuple(str(b[c][i]) for c in cfg.data.partition_columns)
+            image = hashlib.sha1(b["image"][i].tobytes()).hexdigest() if "image" in b else None
+            rows[str(key)] = (image, b["tokens"][i].tolist(), extra)
+    return rows, ray.get(stats.snapshot.remote())
+
+
+def test_local_and_s3_yield_the_same_rows_and_exact_drops(ray_cluster, s3_server, corpus):
+    root, info = corpus
+    s3_server.upload_dir(root, BUCKET, "laion/v1")  # boto3 writes the shards
+    local_rows, local_stats = collect(config(str(root)))
+    s3_rows, s3_stats = collect(config(f"s3://{BUCKET}/laion/v1"))
+    assert sorted(local_rows) == info["keep"]
+    assert local_rows == s3_rows
+    for snap in (local_stats, s3_stats):
+        assert snap["dropped"] == info["dropped"]
+        assert snap["rows_in"] == info["rows"] and snap["rows_out"] == len(info["keep"])
+
+
+def test_partition_filter_and_columns(ray_cluster, s3_server, corpus):
+    root, _ = corpus
+    s3_server.upload_dir(root, BUCKET, "parts")
+    cfg = config(f"s3://{BUCKET}/parts", partition_filter={"dt": ["2026-11-20", "2026-11-22"]},
+                 partition_columns=["dt"], ops=["decode", "clean_caption", "image_transform", "tokenize"])
+    rows, _ = collect(cfg)
+    assert {extra for _, _, extra in rows.values()} == {("2026-11-20",), ("2026-11-22",)}
+    assert all(k.startswith(("s0-", "s2-", "bad-")) for k in rows) and any(k.startswith("s2-") for k in rows)
+
+
+def test_explicit_files_are_read_in_order(ray_cluster, corpus):
+    from clipray.data.pipeline import list_source_files
+
+    root, _ = corpus
+    cfg = config(str(root), ops=["clean_caption", "tokenize"], dedup_images=False)
+    files = list_source_files(cfg)
+    assert len(files) == 3 and files == sorted(files)
+    rows, snap = collect(cfg, files=files[1:2])
+    assert snap["rows_in"] == pq.read_metadata(files[1]).num_rows
+    assert all(k.startswith(("s1-", "bad-")) for k in rows)
+
+
+def test_missing_column_fails_fast_naming_file_and_column(tmp_path):
+    from clipray.data.pipeline import resolve_source
+
+    pq.write_table(pa.table({"key": ["a"], "caption": ["x"], "jpg": [b"1"]}), tmp_path / "00000.parquet")
+    pq.write_table(pa.table({"key": ["b"], "TEXT": ["y"], "jpg": [b"2"]}), tmp_path / "00001.parquet")
+    with pytest.raises(MissingColumnError, match=r"00001\.parquet.*'caption'"):
+        resolve_source(config(str(tmp_path)))
+    resolve_source(config(str(tmp_path / "00001.parquet"), caption_column="TEXT"))  # configurable names
+
+
+def test_unreachable_endpoint_fails_within_a_minute(monkeypatch):
+    from clipray.data.pipeline import resolve_source
+
+    (port,) = free_ports(1)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    start = time.monotonic()
+    with pytest.raises(SourceError, match="endpoint unreachable"):
+        resolve_source(config("s3://bucket/prefix", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout_s=3))
+    assert time.monotonic() - start < 60
+
+
+def test_wrong_credentials_fail_within_a_minute(s3_server, monkeypatch, corpus):
+    from clipray.data.pipeline import resolve_source
+
+    root, _ = corpus
+    s3_server.upload_dir(root, BUCKET, "creds")
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    resolve_source(config(f"s3://{BUCKET}/creds"))  # the right keys work
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    start = time.monotonic()
+    with pytest.raises(SourceError, match="access denied: wrong or missing credentials"):
+        resolve_source(config(f"s3://{BUCKET}/creds"))
+    assert time.monotonic() - start < 60
+
+
+def test_corpus_writer_keeps_invalid_utf8(corpus):
+    root, _ = corpus
+    files = sorted(Path(root).rglob("*.parquet"))
+    raw = [v for f in files for v in pq.read_table(f, schema=pa.schema([("caption", pa.binary())]))["caption"]
+           .to_pylist()]
+    assert b"\xff\xfe caption \xc3\x28" in raw
