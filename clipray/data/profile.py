@@ -41,5 +41,6 @@ def profile(config: PipelineConfig, *, limit: int | None = None, quiet: bool = F
         "elapsed_s": round(elapsed, 3),
         "rows_per_s": snap["rows_in"] / elapsed if elapsed > 0 else 0.0,
         "stage_busy_s": snap["busy_s"],
+        "stage_rows_per_s": snap["rows_in"] / snap["busy_s"] if snap["busy_s"] > 0 else 0.0,
         "cpus": os.cpu_count(),
     }

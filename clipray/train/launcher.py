@@ -136,6 +136,9 @@ def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
     out["data/rows_in"] = float(data["rows_in"])
     out["data/rows_out"] = float(data["rows_out"])
     out["data/rows_per_s"] = data["rows_in"] / wall_s if wall_s > 0 else 0.0
+    # Throughput of the CPU stage itself: rows per second of op time, summed over its actors.
+    busy = data.get("busy_s", 0.0)
+    out["data/stage_rows_per_s"] = data["rows_in"] / busy if busy > 0 else 0.0
     return out
 
 

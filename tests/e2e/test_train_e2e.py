@@ -46,6 +46,7 @@ def test_tiny_pipeline_trains_and_logs_one_mlflow_run(tiny_data: Path, run_env, 
     assert metrics["data/dropped/decode_error"] == 2
     assert metrics["data/dropped/empty_caption"] == 2
     assert metrics["data/dropped/null_image"] == 2
+    assert metrics["data/rows_per_s"] > 0 and metrics["data/stage_rows_per_s"] > 0
     artifacts = {a.path for a in client.list_artifacts(run_id)}
     assert "config.yaml" in artifacts
     logged = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text())
@@ -61,7 +62,7 @@ def test_data_profile_json_counts_every_row(tiny_data: Path, run_env, tmp_path: 
     assert report["rows_in"] == 384
     assert report["dropped"] == {"decode_error": 2, "empty_caption": 2, "null_image": 2}
     assert report["rows_in"] == report["rows_out"] + sum(report["dropped"].values())
-    assert report["rows_per_s"] > 0
+    assert report["rows_per_s"] > 0 and report["stage_rows_per_s"] > 0
 
 
 def test_unknown_key_fails_before_ray_starts(run_env, tmp_path: Path):

