@@ -217,6 +217,10 @@ def run(args: argparse.Namespace) -> int:
         rows, secs = tight_loop(local_cfg, files)
         results["tight_loop"] = {"rows": rows, "rows_per_s": rows / secs}
         print(f"tight loop (1 process, no Ray): {rows / secs:8.1f} rows/s  (per-core ceiling)", flush=True)
+        other = "pil" if args.jpeg_decoder == "simplejpeg" else "simplejpeg"
+        rows_o, secs_o = tight_loop(bench_config(str(data), args, jpeg_decoder=other), files)
+        results[f"tight_loop_{other}"] = {"rows": rows_o, "rows_per_s": rows_o / secs_o}
+        print(f"tight loop, jpeg_decoder={other}: {rows_o / secs_o:8.1f} rows/s  (decoder comparison)", flush=True)
 
         s3_cfg = None
         if not args.local_only:

@@ -115,11 +115,14 @@ def _empty_output(batch: Batch) -> Batch:
 
 
 def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = None, seed: int | None = None,
-                  source: str | None = None, files: Sequence[str] | None = None) -> ray.data.Dataset:
+                  source: str | None = None, files: Sequence[str] | None = None,
+                  resolved: Source | None = None) -> ray.data.Dataset:
     """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False).
 
     `files`: read exactly these parquet files (paths as `list_source_files` returns them), in this
     order, instead of listing `source`; used to rebuild a partial epoch on resume.
+    `resolved`: the result of `resolve_source(config)` when the caller checked the source already
+    (before starting Ray), so that it is not listed twice.
     """
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -129,7 +132,7 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     if not sys.stderr.isatty():  # per-operator bars are unreadable in logs; keep the overall one
         ctx.enable_operator_progress_bars = False
     d = config.data
-    src = resolve_source(config, source=source, files=files)
+    src = resolved if resolved is not None and files is None else resolve_source(config, source=source, files=files)
     shuffle_seed = seed if seed is not None else (d.shuffle_seed if d.shuffle_seed is not None else config.train.seed)
     if files is not None:
         shuffle_seed = None  # an explicit list is read in its own order

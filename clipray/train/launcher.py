@@ -87,7 +87,7 @@ def train(config: PipelineConfig) -> TrainResult:
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from clipray.data.pipeline import build_dataset
+    from clipray.data.pipeline import build_dataset, resolve_source
     from clipray.data.stats import stats_actor
 
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
@@ -98,9 +98,10 @@ def train(config: PipelineConfig) -> TrainResult:
     status = "FAILED"
     try:
         log_config(tracker, config)
+        source = resolve_source(config)  # S3 access and schemas checked before Ray starts
         init_ray(config)
         stats = stats_actor()
-        dataset = build_dataset(config, train=True, stats=stats)
+        dataset = build_dataset(config, train=True, stats=stats, resolved=source)
         tc = config.train
         trainer = TorchTrainer(
             _worker_entry,

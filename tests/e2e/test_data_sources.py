@@ -153,3 +153,16 @@ def test_corpus_writer_keeps_invalid_utf8(corpus):
     raw = [v for f in files for v in pq.read_table(f, schema=pa.schema([("caption", pa.binary())]))["caption"]
            .to_pylist()]
     assert b"\xff\xfe caption \xc3\x28" in raw
+
+
+def test_cli_reports_unreachable_endpoint_in_one_line_before_ray(run_env, tmp_path):
+    from tests.conftest import ROOT, run_clipray
+
+    (port,) = free_ports(1)
+    env = {**run_env, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"}
+    start = time.monotonic()
+    proc = run_clipray("data", "profile", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
+                       "--set", "data.source=s3://bucket/prefix",
+                       "--set", f"data.endpoint_url=http://127.0.0.1:{port}", env=env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and time.monotonic() - start < 60
+    assert "endpoint unreachable" in proc.stderr and "Traceback" not in proc.stderr
