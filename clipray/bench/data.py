@@ -85,24 +85,53 @@ def _real_photos() -> list[Any]:
     return [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.jpg"))]
 
 
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process and all its descendants (Ray's raylet, workers,
-    DataLoader workers), including children that already exited and were reaped.
+class _CpuMeter:
+    """CPU seconds used by this process and all its descendants (Ray's daemons and workers,
+    DataLoader workers), sampled every 0.2 s in a thread so that processes which exit between two
+    readings keep the time they used (at most 0.2 s of theirs is lost).
 
     Rows per CPU-second is the per-core throughput even when other work shares the machine,
     which wall-clock rows/s is not.
     """
-    import psutil
 
-    me = psutil.Process()
-    total = 0.0
-    for proc in [me, *me.children(recursive=True)]:
-        try:
-            t = proc.cpu_times()
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        total += t.user + t.system + t.children_user + t.children_system
-    return total
+    def __init__(self, interval: float = 0.2) -> None:
+        import threading
+
+        self.last: dict[tuple[int, float], float] = {}
+        self.lock = threading.Lock()
+        self.interval = interval
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            self.sample()
+            time.sleep(self.interval)
+
+    def sample(self) -> float:
+        import psutil
+
+        me = psutil.Process()
+        for proc in [me, *me.children(recursive=True)]:
+            try:
+                with proc.oneshot():
+                    key, t = (proc.pid, proc.create_time()), proc.cpu_times()
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+            with self.lock:
+                self.last[key] = max(self.last.get(key, 0.0), t.user + t.system)
+        with self.lock:
+            return sum(self.last.values())
+
+
+_METER: _CpuMeter | None = None
+
+
+def cpu_seconds() -> float:
+    """CPU seconds used so far by this process tree (see `_CpuMeter`)."""
+    global _METER
+    if _METER is None:
+        _METER = _CpuMeter()
+    return _METER.sample()
 
 
 def idle_cpu_rate(seconds: float = 10.0) -> float:
