@@ -67,7 +67,7 @@ class S3Server:
             "aws_access_key_id": self.access_key,
             "aws_secret_access_key": self.secret_key,
             "region_name": self.region,
-            "config": Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
+            "config": Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 5, "mode": "standard"}),
         }
         kwargs.update(overrides)
         return boto3.client("s3", **kwargs)
@@ -155,8 +155,13 @@ class SeaweedFS:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self.proc.returncode}; see {self.root / 'logs'}")
             try:
-                # a real S3 request with the keys: the gateway is up and authentication is on
-                self.server.client(config=_quick_config()).list_buckets()
+                # Real S3 requests with the keys: the gateway is up, authentication is on, and a
+                # write lands (the volume server may come up seconds after the gateway answers).
+                c = self.server.client(config=_quick_config())
+                c.list_buckets()
+                if "readiness-probe" not in {b["Name"] for b in c.list_buckets().get("Buckets", [])}:
+                    c.create_bucket(Bucket="readiness-probe")
+                c.put_object(Bucket="readiness-probe", Key="probe", Body=b"ok")
                 return
             except Exception as e:
                 last = e
