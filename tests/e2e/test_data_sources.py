@@ -48,8 +48,8 @@ def ray_cluster(s3_server):
     os.environ.update(s3_server.env())
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAY_ADDRESS", None)
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, logging_level="warning")
     try:
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, logging_level="warning")
         yield ray
     finally:
         ray.shutdown()
