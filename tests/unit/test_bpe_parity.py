@@ -1,0 +1,77 @@
+"""CLIP BPE tokenizer: ids equal open_clip's SimpleTokenizer on varied captions."""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clipray.text import load_tokenizer
+from clipray.text.captions import varied_captions
+
+
+def load_reference():
+    """open_clip's tokenizer.py loaded by file path: the open_clip package (and torchvision) is
+    never imported."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("open_clip_torch is not installed (make install adds it with --no-deps)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
+    module_spec = importlib.util.spec_from_file_location("_open_clip_reference_tokenizer", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return load_reference()
+
+
+@pytest.fixture(scope="module")
+def openai_tok():
+    return load_tokenizer("openai", context_length=77)
+
+
+def test_known_ids(openai_tok):
+    ids = openai_tok(["a photo of a cat.", "Hello World!", ""])
+    assert ids.dtype == np.int32 and ids.shape == (3, 77)
+    assert ids[0, :8].tolist() == [49406, 320, 1125, 539, 320, 2368, 269, 49407]
+    assert ids[1, :5].tolist() == [49406, 3306, 1002, 256, 49407]
+    assert ids[2, :3].tolist() == [49406, 49407, 0]
+    assert openai_tok.vocab_size == 49408 and openai_tok.eot_id == 49407 == openai_tok.vocab_size - 1
+
+
+def test_parity_with_simple_tokenizer(reference, openai_tok):
+    captions = varied_captions(12_000, seed=0)
+    assert len(captions) >= 10_000
+    assert sum(not c.isascii() for c in captions) > 5_000  # the corpus is really varied
+    ref = reference.SimpleTokenizer(context_length=77)
+    start = time.perf_counter()
+    expected = ref(captions).numpy()
+    ours = openai_tok(captions)
+    mismatches = [(c, expected[i][expected[i] > 0].tolist(), ours[i][ours[i] > 0].tolist())
+                  for i, c in enumerate(captions) if not np.array_equal(expected[i], ours[i])]
+    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:3]}"
+    assert time.perf_counter() - start < 60
+
+
+def test_truncation_keeps_eot_and_context_length(reference):
+    tok = load_tokenizer("openai", context_length=16)
+    long = ["word " * 100, "中文" * 50]
+    ids = tok(long)
+    assert ids.shape == (2, 16) and (ids[:, -1] == tok.eot_id).all() and (ids[:, 0] == tok.sot_id).all()
+    assert np.array_equal(ids, reference.SimpleTokenizer(context_length=16)(long).numpy())
+    assert ids.max() == tok.eot_id  # models pool at argmax
+
+
+def test_encode_decode_openai(openai_tok):
+    assert openai_tok.decode(openai_tok.encode("A Photo of a CAT")).strip() == "a photo of a cat"
+
+
+def test_missing_vocabulary_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(str(tmp_path / "nope.txt.gz"))
