@@ -15,8 +15,8 @@ from __future__ import annotations
 import functools
 import gzip
 import html
-import itertools
 import importlib.util
+import itertools
 import os
 import re
 import shutil

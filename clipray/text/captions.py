@@ -10,13 +10,7 @@ from __future__ import annotations
 
 import random
 
-_WORDS = tuple(
-    "a photo of the cat dog red blue car street old man woman child beach sunset city night house "
-    "tree with on in at by for and two three small large vintage black white portrait view close up "
-    "kitchen table coffee cup wooden chair mountain river lake boat bike train plane sky clouds snow "
-    "flower garden food pizza salad bowl shirt dress shoes logo sign text illustration vector icon "
-    "isn't don't it's they're we've i'm you'll he'd 4k hd 2019 1080p 100% #1 best new free sale"
-.split(" ")
+_WORDS = ["a", "photo", "of", "the", "cat", "dog", "red", "blue", "car", "street", "old", "man", "woman", "child", "beach", "sunset", "city", "night", "house", "tree", "with", "on", "in", "at", "by", "for", "and", "two", "three", "small", "large", "vintage", "black", "white", "portrait", "view", "close", "up", "kitchen", "table", "coffee", "cup", "wooden", "chair", "mountain", "river", "lake", "boat", "bike", "train", "plane", "sky", "clouds", "snow", "flower", "garden", "food", "pizza", "salad", "bowl", "shirt", "dress", "shoes", "logo", "sign", "text", "illustration", "vector", "icon", "isn't", "don't", "it's", "they're", "we've", "i'm", "you'll", "he'd", "4k", "hd", "2019", "1080p", "100%", "#1", "best", "new", "free", "sale"]
 
 _SCRIPTS = {
     "cyrillic": "Фотография кошки на диване Москва зимой Ёлка ЖЖ щука",
