@@ -1,8 +1,10 @@
 """Pipeline config -> Ray Dataset: read parquet, then one preprocessing stage of chained ops.
 
     read_parquet (projection, seeded file order)
-      -> Preprocess: decode -> clean_caption -> image_transform -> tokenize
-      -> {key, image uint8 (N,S,S,3), tokens int32 (N,L)}
+      -> Preprocess: decode -> clean_caption -> image_transform -> tokenize | render_text
+      -> {key, image uint8 (N,S,S,3), tokens int32 (N,L) | text_image uint8 (N,S,S,3)}
+
+`text.kind` picks the text stage: `tokens` (CLIP BPE ids) or `pixels` (CLIPPO rendering).
 """
 
 from __future__ import annotations
@@ -20,11 +22,18 @@ if TYPE_CHECKING:
     from clipray.config import PipelineConfig
 
 TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")
-OUTPUT_COLUMNS = ("key", "image", "tokens")
+OUTPUT_COLUMNS = ("key", "image", "tokens", "text_image")
+TEXT_OPS = {"tokens": "tokenize", "pixels": "render_text"}
+
+
+def op_names(config: PipelineConfig, names: tuple[str, ...] = TRAIN_OPS) -> tuple[str, ...]:
+    """`names` with the text stage chosen by `text.kind` (tokenize or render_text)."""
+    text_op = TEXT_OPS[config.text.kind]
+    return tuple(text_op if name in TEXT_OPS.values() else name for name in names)
 
 
 def build_ops(config: PipelineConfig, *, train: bool, names: tuple[str, ...] = TRAIN_OPS) -> list[Op]:
-    return [op_registry.get(name)(config, train=train) for name in names]
+    return [op_registry.get(name)(config, train=train) for name in op_names(config, names)]
 
 
 class Preprocess:
