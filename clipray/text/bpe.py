@@ -42,13 +42,23 @@ _SPECIAL_AWARE = regex.compile(
 )
 
 
+# Text that ftfy leaves alone when NFC-normalised: printable ASCII without '&' (no HTML), plus
+# scripts that no single-byte code page of ftfy's mojibake detector can encode (Hebrew, Arabic,
+# Indic, Thai, ..., kana, CJK, Hangul, emoji). Latin-1, Greek, Cyrillic, general punctuation
+# (curly quotes, format characters), fullwidth forms and ligatures are excluded: ftfy may act there.
+_FTFY_INERT = re.compile("[\x20-\x25\x27-\x7e\u0590-\u1dff\u3040-\ud7ff\U0001f000-\U0001faff]*")
+
+
 def clean_text(text: str) -> str:
     """SimpleTokenizer's `clean='lower'`: ftfy, HTML unescape twice, collapse whitespace, lower-case.
 
-    Fast path: printable ASCII without '&' is left unchanged by ftfy and HTML unescaping, so only
-    whitespace and case are touched (ftfy costs several times the BPE itself).
+    Fast path: text that ftfy and HTML unescaping leave unchanged (see `_FTFY_INERT`) only has its
+    whitespace and case touched (ftfy costs several times the BPE itself).
     """
-    if text.isascii() and text.isprintable() and "&" not in text:
+    if text.isascii():
+        if text.isprintable() and "&" not in text:
+            return " ".join(text.split()).lower()
+    elif _FTFY_INERT.fullmatch(text) and unicodedata.is_normalized("NFC", text):
         return " ".join(text.split()).lower()
     import ftfy
 

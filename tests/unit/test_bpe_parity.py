@@ -2,28 +2,24 @@
 
 from __future__ import annotations
 
-import importlib.util
+import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from clipray.text import load_tokenizer
 from clipray.text.captions import varied_captions
+from clipray.text.reference import load_reference_module
 
 
 def load_reference():
-    """open_clip's tokenizer.py loaded by file path: the open_clip package (and torchvision) is
-    never imported."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("open_clip_torch is not installed (make install adds it with --no-deps)")
-    path = Path(next(iter(spec.submodule_search_locations))) / "tokenizer.py"
-    module_spec = importlib.util.spec_from_file_location("_open_clip_reference_tokenizer", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module
+    """open_clip's tokenizer.py loaded by file path (spec_from_file_location): the open_clip package,
+    and with it torchvision, is never imported."""
+    try:
+        return load_reference_module()
+    except ModuleNotFoundError as e:
+        pytest.skip(str(e))
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +62,10 @@ def test_truncation_keeps_eot_and_context_length(reference):
     assert ids.shape == (2, 16) and (ids[:, -1] == tok.eot_id).all() and (ids[:, 0] == tok.sot_id).all()
     assert np.array_equal(ids, reference.SimpleTokenizer(context_length=16)(long).numpy())
     assert ids.max() == tok.eot_id  # models pool at argmax
+
+
+def test_open_clip_package_not_imported(reference):
+    assert "open_clip" not in sys.modules and "torchvision" not in sys.modules
 
 
 def test_encode_decode_openai(openai_tok):

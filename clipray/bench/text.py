@@ -1,0 +1,92 @@
+"""`clipray bench text`: tokenizer captions/s per core beside open_clip's SimpleTokenizer, measured
+in the same process on the same captions, and CLIPPO renders/s per core.
+
+The process pins itself to one CPU core (and one Rayon thread) so that every rate is per core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from clipray.bench import Benchmark, bench_registry
+
+
+def _pin_one_core() -> str:
+    os.environ["RAYON_NUM_THREADS"] = "1"
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if hasattr(os, "sched_setaffinity"):
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+        return f"pinned to core {core}"
+    return "not pinned"
+
+
+def _rate(fn: Callable[[Sequence[str]], Any], texts: Sequence[str], batch: int, repeats: int) -> float:
+    """Best-of-`repeats` items/s of `fn` over `texts` in batches (best: the machine may be shared)."""
+    best = 0.0
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for i in range(0, len(texts), batch):
+            fn(texts[i : i + batch])
+        best = max(best, len(texts) / (time.perf_counter() - start))
+    return best
+
+
+def corpora(n: int, seed: int) -> dict[str, list[str]]:
+    from clipray.text.captions import varied_captions
+
+    varied = varied_captions(n, seed=seed)
+    ascii_only = [c for c in varied_captions(4 * n, seed=seed + 1) if c.isascii() and len(c) < 400][:n]
+    return {"varied (multi-script, emoji, entities)": varied, "ASCII captions": ascii_only}
+
+
+def run(args: argparse.Namespace) -> int:
+    pinned = _pin_one_core()
+    from clipray.text import load_tokenizer
+    from clipray.text.reference import reference_tokenizer
+
+    ours = load_tokenizer("openai", context_length=77)
+    ours(["warm up: ÿ ünïcödé 猫"])  # builds the lazily computed Unicode table once
+    print(f"clipray bench text: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"{pinned}; {args.captions} captions per corpus, batches of {args.batch}, best of {args.repeats}")
+    print(f"{'corpus':40s} {'SimpleTokenizer cold':>21s} {'SimpleTokenizer warm':>21s} {'clipray openai':>15s} "
+          f"{'speed-up (warm)':>16s}")
+    for name, texts in corpora(args.captions, args.seed).items():
+        reference = reference_tokenizer(77)
+        cold = _rate(reference, texts, args.batch, 1)
+        warm = _rate(reference, texts, args.batch, args.repeats)
+        fast = _rate(ours, texts, args.batch, args.repeats)
+        print(f"{name:40s} {cold:17,.0f} /s {warm:17,.0f} /s {fast:11,.0f} /s {fast / warm:15.1f}x")
+
+    if args.render_size:
+        from clipray.text.render import UnifontRenderer
+
+        renderer = UnifontRenderer(args.font, image_size=args.render_size)
+        texts = corpora(min(args.captions, 8192), args.seed)["ASCII captions"]
+        renderer(texts[:64])
+        rate = _rate(renderer, texts, args.batch, args.repeats)
+        print(f"CLIPPO Unifont render {args.render_size}x{args.render_size} RGB uint8 ({len(texts)} ASCII captions): "
+              f"{rate:,.0f} images/s per core")
+    return 0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from clipray.text.render import DEFAULT_FONT
+
+    p.add_argument("--captions", type=int, default=20000, help="captions per corpus")
+    p.add_argument("--batch", type=int, default=256, help="captions per call (a Ray Data batch)")
+    p.add_argument("--repeats", type=int, default=3, help="timed passes; the best is reported")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--render-size", type=int, default=224, help="canvas size for rendering; 0 skips it")
+    p.add_argument("--font", default=DEFAULT_FONT, help="Unifont .hex file")
+
+
+bench_registry.register("text")(
+    Benchmark(help="tokenizer captions/s per core vs open_clip SimpleTokenizer; CLIPPO renders/s per core",
+              add_arguments=add_arguments, run=run)
+)
