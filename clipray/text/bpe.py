@@ -228,7 +228,7 @@ class ClipBPETokenizer:
         return list(self._backend.encode(cleaned))
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._backend.decode([int(i) for i in ids if i not in (0, self.sot_id, self.eot_id)])
+        return self._backend.decode(_content_ids(ids, self.sot_id, self.eot_id))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         cleaned = [clean_text(t) for t in texts]
@@ -264,12 +264,20 @@ class TrainedBPETokenizer:
         return self._backend.encode(clean_text(text), add_special_tokens=False).ids
 
     def decode(self, ids: Sequence[int]) -> str:
-        return self._backend.decode([int(i) for i in ids if i not in (self.sot_id, self.eot_id)],
-                                    skip_special_tokens=True)
+        return self._backend.decode(_content_ids(ids, self.sot_id, self.eot_id), skip_special_tokens=True)
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._backend.encode_batch([clean_text(t) for t in texts], add_special_tokens=False)
         return pack([e.ids for e in encodings], self.context_length, self.sot_id, self.eot_id)
+
+
+def _content_ids(ids: Sequence[int], sot_id: int, eot_id: int) -> list[int]:
+    """The ids of a packed row (or of `encode`) without SOT, EOT and the padding after EOT
+    (padding is id 0, which is also a real token: "!")."""
+    values = [int(i) for i in ids]
+    if eot_id in values:
+        values = values[: values.index(eot_id)]
+    return [i for i in values if i != sot_id]
 
 
 def _read_text(path: Path) -> str:

@@ -70,6 +70,8 @@ def test_open_clip_package_not_imported(reference):
 
 def test_encode_decode_openai(openai_tok):
     assert openai_tok.decode(openai_tok.encode("A Photo of a CAT")).strip() == "a photo of a cat"
+    row = openai_tok(["Hello, World!"])[0]
+    assert openai_tok.decode(row).strip() == "hello , world !"  # id 0 is "!", padding is cut at EOT
 
 
 def test_missing_vocabulary_file_is_a_clear_error(tmp_path):
