@@ -253,10 +253,11 @@ class TrainedBPETokenizer:
         raw = _read_text(Path(path))
         self._backend = HFTokenizer.from_str(raw)
         self.vocab_size = self._backend.get_vocab_size(with_added_tokens=True)
-        self.sot_id = self._backend.token_to_id(SOT_TEXT)
-        self.eot_id = self._backend.token_to_id(EOT_TEXT)
-        if self.sot_id is None or self.eot_id != self.vocab_size - 1:
+        sot, eot = self._backend.token_to_id(SOT_TEXT), self._backend.token_to_id(EOT_TEXT)
+        if sot is None or eot != self.vocab_size - 1:
             raise ValueError(f"{path}: not a clipray tokenizer file (needs {SOT_TEXT} and {EOT_TEXT} as the last ids)")
+        self.sot_id: int = sot
+        self.eot_id: int = eot
         self.context_length = context_length
         self.source = str(path)
 

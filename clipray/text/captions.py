@@ -56,7 +56,7 @@ def _mojibake(text: str, rng: random.Random) -> str:
 
 
 def _random_bmp(rng: random.Random, n: int) -> str:
-    chars = []
+    chars: list[str] = []
     while len(chars) < n:
         cp = rng.randrange(0x20, 0x10000)
         if 0xD800 <= cp <= 0xDFFF:

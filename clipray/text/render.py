@@ -154,5 +154,5 @@ class UnifontRenderer:
             self.render_into(grey, text)
             out[i, :band] = grey[:band, :, None]
             picture = Image.fromarray(np.asarray(images[i], dtype=np.uint8))
-            out[i, band:] = np.asarray(picture.resize((self.image_size, self.image_size - band), Image.BILINEAR))
+            out[i, band:] = np.asarray(picture.resize((self.image_size, self.image_size - band), Image.Resampling.BILINEAR))
         return out
