@@ -112,9 +112,37 @@ def run(args: argparse.Namespace) -> int:
         name, texts = list(corpora(min(args.captions, 8192), args.seed).items())[1]
         renderer(texts[:64])
         rate = _rate(renderer, texts, args.batch, args.repeats)
-        print(f"CLIPPO Unifont render {args.render_size}x{args.render_size} RGB uint8 ({len(texts)} captions, {name}): "
-              f"{rate:,.0f} images/s per core")
+        print(f"render {args.render_size}x{args.render_size} RGB uint8, {len(texts)} captions ({name}):")
+        print(f"  clipray UnifontRenderer (NumPy glyph table):        {rate:9,.0f} images/s per core")
+        if os.path.exists(args.baseline_font):
+            baseline = pil_renderer(args.baseline_font, args.render_size)
+            base = _rate(baseline, texts, args.batch, args.repeats)
+            print(f"  baseline PIL FreeType unifont.otf 16 px + textwrap: {base:9,.0f} images/s per core "
+                  f"({rate / base:.1f}x)")
     return 0
+
+
+def pil_renderer(font_path: str, size: int) -> Callable[[Sequence[str]], Any]:
+    """The obvious renderer: PIL FreeType with Unifont's .otf, word-wrapped with textwrap."""
+    import textwrap
+
+    import numpy as np
+    from PIL import Image, ImageDraw, ImageFont
+
+    font = ImageFont.truetype(font_path, 16)
+    width = max(size // 8, 1)
+
+    def render(texts: Sequence[str]) -> np.ndarray:
+        out = np.empty((len(texts), size, size, 3), dtype=np.uint8)
+        for i, text in enumerate(texts):
+            image = Image.new("RGB", (size, size), (127, 127, 127))
+            draw = ImageDraw.Draw(image)
+            for row, line in enumerate(textwrap.wrap(text.lower(), width)[: size // 16]):
+                draw.text((0, 16 * row), line, font=font, fill=(0, 0, 0))
+            out[i] = np.asarray(image)
+        return out
+
+    return render
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -126,6 +154,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--render-size", type=int, default=224, help="canvas size for rendering; 0 skips it")
     p.add_argument("--font", default=DEFAULT_FONT, help="Unifont .hex file")
+    p.add_argument("--baseline-font", default="/usr/share/fonts/opentype/unifont/unifont.otf",
+                   help="Unifont .otf for the PIL FreeType baseline renderer (skipped if missing)")
 
 
 bench_registry.register("text")(
