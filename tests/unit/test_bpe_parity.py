@@ -77,3 +77,14 @@ def test_encode_decode_openai(openai_tok):
 def test_missing_vocabulary_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_tokenizer(str(tmp_path / "nope.txt.gz"))
+
+
+def test_missing_open_clip_wheel_says_how_to_install(monkeypatch):
+    import importlib.util
+
+    from clipray.text import bpe
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps open_clip_torch.*path"):
+        bpe.openai_vocab_path()
