@@ -20,6 +20,9 @@ $(STAMP): pyproject.toml Makefile
 		echo "installing the CPU build of torch ($(TORCH_CPU))"; \
 		$(PIP) install -q $(TORCH_CPU); fi
 	$(PIP) install -q -e '.[test,dev]'
+# OpenAI's BPE vocabulary and the reference tokenizer; --no-deps: open_clip's own dependencies
+# (torchvision, timm) would replace the CPU torch and are not needed.
+	$(PIP) install -q --no-deps open_clip_torch==3.3.0
 	@bash scripts/install-system-deps.sh
 	@touch $(STAMP)
 

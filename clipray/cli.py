@@ -40,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="stop after this many output rows")
     p.set_defaults(func=cmd_data_profile)
 
+    tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
+    p = tok.add_parser("train", help="train a BPE vocabulary on a caption corpus (use it as text.tokenizer: PATH)")
+    p.add_argument("--source", required=True, help="parquet file/directory/glob, or a text file with one caption per line")
+    p.add_argument("--out", required=True, help="output tokenizer file (.json)")
+    p.add_argument("--vocab-size", type=int, required=True, help="ids in the vocabulary, start/end-of-text included")
+    p.add_argument("--column", default="caption", help="caption column of a parquet source")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many captions")
+    p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not learned")
+    p.set_defaults(func=cmd_tokenizer_train)
+
     bench = sub.add_parser("bench", help="benchmarks: clipray beside a baseline, measured in one run")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     from clipray.bench import load_benchmarks
@@ -96,6 +106,16 @@ def cmd_data_profile(args: argparse.Namespace) -> int:
               f"over {report['elapsed_s']:.1f} s")
         for reason, n in report["dropped"].items():
             print(f"  dropped {reason}: {n}")
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from clipray.text.train_bpe import train_and_save
+
+    info = train_and_save(args.source, args.out, args.vocab_size, column=args.column, limit=args.limit,
+                          min_frequency=args.min_frequency)
+    print(f"trained a vocabulary of {info['vocab_size']} ids on {info['captions']} captions: {info['path']} "
+          f"(use it with --set text.tokenizer={info['path']} and model.text.vocab_size >= {info['vocab_size']})")
     return 0
 
 

@@ -4,6 +4,9 @@
 # what to install.
 set -u
 packages=()
+# GNU Unifont for the CLIPPO renderer: `unifont` ships the bitmap glyphs as unifont.hex (the
+# renderer reads them) and depends on fonts-unifont (the .otf).
+[ -e /usr/share/unifont/unifont.hex ] || packages+=(unifont)
 [ -e /usr/share/fonts/opentype/unifont/unifont.otf ] || packages+=(fonts-unifont)
 [ ${#packages[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1; then

@@ -71,6 +71,8 @@ class ImageConfig:
 class TextConfig:
     kind: Literal["tokens", "pixels"] = "tokens"
     tokenizer: str = "words"  # spec passed to clipray.text.load_tokenizer
+    # kind=pixels: the GNU Unifont .hex file the CLIPPO renderer reads (Debian package `unifont`).
+    font: str = "/usr/share/unifont/unifont.hex"
 
 
 @dataclass(kw_only=True)

@@ -3,8 +3,11 @@
     resolve source (list files, check S3 reachability/credentials and schemas before Ray Data)
       -> read_parquet (projection, hive partition columns, seeded file order)
       -> Preprocess: data.ops, by default dedup_images -> decode -> image_filter -> clean_caption
-                     -> caption_filter -> image_transform -> tokenize
-      -> {key, image uint8 (N,S,S,3), tokens int32 (N,L)} (+ data.partition_columns)
+                     -> caption_filter -> image_transform -> tokenize | render_text
+      -> {key, image uint8 (N,S,S,3), tokens int32 (N,L) | text_image uint8 (N,S,S,3)}
+         (+ data.partition_columns)
+
+`text.kind` picks the text stage: `tokens` (CLIP BPE ids) or `pixels` (CLIPPO rendering).
 """
 
 from __future__ import annotations
@@ -25,12 +28,20 @@ if TYPE_CHECKING:
     from clipray.config import PipelineConfig
 
 TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")  # the minimal chain
-OUTPUT_COLUMNS = ("key", "image", "tokens")
+OUTPUT_COLUMNS = ("key", "image", "tokens", "text_image")
+TEXT_OPS = {"tokens": "tokenize", "pixels": "render_text"}
 
 
 def build_ops(config: PipelineConfig, *, train: bool, names: Sequence[str] | None = None) -> list[Op]:
-    """The ops named in `names` (default: `data.ops`), in order."""
-    return [op_registry.get(name)(config, train=train) for name in (config.data.ops if names is None else names)]
+    """The ops named in `names` (default: `data.ops`), in order, with the text stage that
+    `text.kind` selects (tokenize or render_text)."""
+    return [op_registry.get(name)(config, train=train) for name in op_names(config, names)]
+
+
+def op_names(config: PipelineConfig, names: Sequence[str] | None = None) -> tuple[str, ...]:
+    text_op = TEXT_OPS[config.text.kind]
+    chosen = config.data.ops if names is None else names
+    return tuple(text_op if name in TEXT_OPS.values() else name for name in chosen)
 
 
 def arrow_to_columns(table: Any) -> Batch:

@@ -63,6 +63,8 @@ def log_config(tracker: MlflowTracker | NullTracker, config: PipelineConfig) -> 
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(nested, sort_keys=False))
         tracker.log_artifact(str(path))
+    if config.text.kind == "tokens" and Path(config.text.tokenizer).is_file():
+        tracker.log_artifact(config.text.tokenizer, "tokenizer")  # a trained vocabulary travels with the run
 
 
 def _worker_entry(loop_config: dict[str, Any]) -> None:

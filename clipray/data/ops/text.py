@@ -93,6 +93,26 @@ class Tokenize:
         return batch
 
 
+class RenderText:
+    """`caption` -> `text_image` uint8 (N, S, S, 3): the caption drawn in GNU Unifont (CLIPPO)."""
+
+    reads = ("caption",)
+    writes = ("text_image",)
+
+    def __init__(self, font: str, image_size: int) -> None:
+        from clipray.text.render import UnifontRenderer
+
+        try:
+            self.renderer = UnifontRenderer(font, image_size=image_size)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"text.font: {e}") from None
+
+    def __call__(self, batch: Batch, stats: DropStats) -> Batch:
+        batch = dict(batch)
+        batch["text_image"] = self.renderer(list(batch["caption"]))
+        return batch
+
+
 @op_registry.register("clean_caption")
 def _clean(config, *, train: bool) -> CleanCaptions:
     return CleanCaptions(config.data.caption_column, fix_text=config.data.fix_text)
@@ -101,3 +121,8 @@ def _clean(config, *, train: bool) -> CleanCaptions:
 @op_registry.register("tokenize")
 def _tokenize(config, *, train: bool) -> Tokenize:
     return Tokenize(config.text.tokenizer, config.model.text.context_length)
+
+
+@op_registry.register("render_text")
+def _render_text(config, *, train: bool) -> RenderText:
+    return RenderText(config.text.font, config.model.vision.image_size)
