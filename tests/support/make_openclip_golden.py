@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeded_weights import seeded_inputs, seeded_state_dict  # noqa: E402
-
-import open_clip  # noqa: E402
-import open_clip.model as oc_model  # noqa: E402
+import open_clip
+import open_clip.model as oc_model
+from seeded_weights import seeded_inputs, seeded_state_dict
 
 OUT = Path(__file__).resolve().parents[1] / "data"
 SEED = 1234

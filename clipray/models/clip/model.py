@@ -18,7 +18,7 @@ from clipray.models.registry import model_registry
 class CLIP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        v, t = config.vision, config.text
+        t = config.text
         self.config = config
         self.visual = build_image_tower(config)
         text = TextTransformer(t.context_length, t.vocab_size, t.width, t.layers, t.heads, config.embed_dim,
