@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipray.config import PipelineConfig
-from clipray.losses.albef import FeatureQueue, distilled_mlm, mask_tokens, sample_hard_negatives, soft_target_itc
+from clipray.losses.albef import (
+    FeatureQueue,
+    distilled_mlm,
+    mask_tokens,
+    sample_hard_negatives,
+    soft_target_itc,
+)
 from clipray.models.albef.model import ALBEF
 from clipray.models.common.image import to_model_input
 from clipray.train.objectives import Objective, build_initial_model, objective_registry

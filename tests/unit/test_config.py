@@ -103,5 +103,5 @@ def test_sweep_variant_errors_name_the_variant(tmp_path):
     p = tmp_path / "s.yaml"
     p.write_text(f"pipeline: {ROOT / 'pipelines/tiny/clip-tiny.yaml'}\n"
                  "variants:\n  bad: {model.text.attn: causal, model.text.pool: first}\n")
-    with pytest.raises(ConfigError, match="variant 'bad'.*makes no sense"):
+    with pytest.raises(ConfigError, match=r"variant 'bad'.*makes no sense"):
         variant_configs(p)
