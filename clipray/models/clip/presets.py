@@ -29,5 +29,6 @@ def preset(name: str, **overrides: object) -> ModelConfig:
     if name not in PRESETS:
         raise KeyError(f"unknown CLIP preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     p = PRESETS[name]
-    return ModelConfig(embed_dim=p["embed_dim"], vision=VisionConfig(**p["vision"]), text=TextTowerConfig(**p["text"]),
-                       **overrides)  # type: ignore[arg-type]
+    fields: dict[str, object] = {"embed_dim": p["embed_dim"], "vision": VisionConfig(**p["vision"]),
+                                 "text": TextTowerConfig(**p["text"]), **overrides}
+    return ModelConfig(**fields)  # type: ignore[arg-type]
