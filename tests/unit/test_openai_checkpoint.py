@@ -94,3 +94,19 @@ def test_init_from_a_mismatching_file_names_it(tmp_path: Path):
 def test_unknown_layout_is_a_clear_error():
     with pytest.raises(KeyError, match="missing text_projection"):
         from_openai_state_dict({"foo": torch.zeros(1)})
+
+
+def test_pipeline_init_from_loads_the_file_before_training(tmp_path: Path):
+    from clipray.config import load_config
+    from clipray.train.objectives import build_objective
+
+    sd, _ = golden("rn_tiny")
+    path = tmp_path / "openai-layout.pt"
+    torch.save(sd, path)
+    cfg = load_config(data={"name": "x", "model": {
+        "embed_dim": 64, "vision": {"kind": "resnet", "image_size": 64, "width": 16, "heads": 8,
+                                    "layers_per_stage": [1, 2, 1, 1]},
+        "text": {"context_length": 77, "width": 128, "layers": 2, "heads": 2}, "init_from": str(path)}})
+    objective = build_objective(cfg, rank=0, world_size=1, device=torch.device("cpu"))
+    loaded = objective.module.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in sd.items())
