@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pipeline_args(p)
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("sweep", help="train the variants of a sweep file as MLflow child runs of one parent run")
+    p.add_argument("sweep", help="sweep YAML (a base pipeline and its variants)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key in every variant; repeatable")
+    p.set_defaults(func=cmd_sweep)
+
     data = sub.add_parser("data", help="data-plane tools").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("profile", help="run only the data stages: rows in/out, drops by reason, rows/s")
     _add_pipeline_args(p)
@@ -88,6 +94,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"open the run: mlflow ui --backend-store-uri {result.tracking_uri}  "
           f"(then http://127.0.0.1:5000/#/experiments/ -> {result.experiment!r})")
     print(f"mlflow_run_id: {result.run_id}")
+    print(f"mlflow_tracking_uri: {result.tracking_uri}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from clipray.train.sweep import run_sweep, variant_configs
+
+    variant_configs(args.sweep, args.overrides)  # every variant validated before Ray starts
+    result = run_sweep(args.sweep, args.overrides)
+    for name, run_id in result.child_run_ids.items():
+        top1 = result.metrics[name].get("eval/zeroshot_top1")
+        print(f"variant {name}: run {run_id}" + (f", zero-shot top-1 {top1:.3f}" if top1 is not None else ""))
+    print(f"mlflow_parent_run_id: {result.parent_run_id}")
     print(f"mlflow_tracking_uri: {result.tracking_uri}")
     return 0
 

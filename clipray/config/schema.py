@@ -6,6 +6,7 @@ to the component that reads it; `None` means "off" or "resolved at run time", ne
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -77,15 +78,31 @@ class TextConfig:
 
 @dataclass(kw_only=True)
 class VisionConfig:
-    kind: Literal["vit"] = "vit"
+    """ViT: width/layers/heads/patch_size. ResNet (CLIP's ModifiedResNet): `width` is the stem
+    width (64 for RN50), `layers_per_stage` the bottleneck blocks per stage, `heads` those of
+    the attention-pooling head over width * 32 channels."""
+
+    kind: Literal["vit", "resnet"] = "vit"
     image_size: int = 224
     patch_size: int = 32
     width: int = 768
     layers: int = 12
     heads: int = 12
     mlp_ratio: float = 4.0
+    layers_per_stage: tuple[int, ...] = (3, 4, 6, 3)  # resnet only
 
     def __post_init__(self) -> None:
+        if self.kind == "resnet":
+            if self.image_size % 32:
+                raise ValueError(f"model.vision.image_size ({self.image_size}) must be a multiple of 32 for "
+                                 "kind=resnet (the tower downsamples 32x)")
+            if len(self.layers_per_stage) != 4 or min(self.layers_per_stage) < 1:
+                raise ValueError(f"model.vision.layers_per_stage must be 4 positive block counts, got "
+                                 f"{self.layers_per_stage}")
+            if (self.width * 32) % self.heads:
+                raise ValueError(f"model.vision.heads ({self.heads}) must divide the attention-pool width "
+                                 f"(width * 32 = {self.width * 32}) for kind=resnet")
+            return
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"model.vision.image_size ({self.image_size}) must be a multiple of patch_size ({self.patch_size})"
@@ -111,6 +128,43 @@ class TextTowerConfig:
         if self.attn == "causal" and self.pool == "first":
             # Under a causal mask the first token sees only itself: its state carries no caption.
             raise ValueError("model.text.pool=first makes no sense with attn=causal (the first token sees nothing else)")
+        if self.attn == "causal" and self.pool == "mean":
+            # Token i sees only tokens <= i, so a mean weights the caption's start far more than its end.
+            warnings.warn("model.text.pool=mean with attn=causal is prefix-weighted (early tokens dominate); "
+                          "prefer pool=eot for a causal tower", stacklevel=2)
+        if self.context_length < 2:
+            raise ValueError(f"model.text.context_length must hold at least SOT and EOT, got {self.context_length}")
+
+
+@dataclass(kw_only=True)
+class ClippoConfig:
+    """CLIPPO: one ViT for images and rendered text; these switch per-modality parts on."""
+
+    separate_patch_embed: bool = False  # a second patch embedding for text images
+    separate_head: bool = False  # a second MAP head + projection for text images
+    map_heads: int | None = None  # heads of the MAP pooling head; defaults to model.vision.heads
+
+
+@dataclass(kw_only=True)
+class AlbefConfig:
+    """ALBEF: the text encoder has model.text.layers layers, the fusion encoder fusion_layers.
+
+    The MLM mask token is one extra id after the tokenizer's vocabulary (id = model.text.vocab_size).
+    """
+
+    fusion_layers: int = 6
+    queue_size: int = 65536  # momentum features kept as extra contrastive keys (a ring buffer)
+    momentum: float = 0.995  # EMA factor of the momentum model
+    alpha: float = 0.4  # weight of the momentum model's soft targets (distillation)
+    alpha_warmup_steps: int = 0  # alpha ramps linearly from 0 over these steps (upstream: one epoch)
+    temp: float = 0.07  # initial contrastive temperature (learned, clamped to [0.001, 0.5])
+    mlm_probability: float = 0.15
+
+    def __post_init__(self) -> None:
+        if self.fusion_layers < 1 or self.queue_size < 0:
+            raise ValueError("model.albef.fusion_layers must be >= 1 and queue_size >= 0")
+        if not 0 <= self.momentum < 1 or not 0 <= self.alpha <= 1 or not 0 < self.mlm_probability < 1:
+            raise ValueError("model.albef: momentum must be in [0, 1), alpha in [0, 1], mlm_probability in (0, 1)")
 
 
 @dataclass(kw_only=True)
@@ -122,6 +176,20 @@ class ModelConfig:
     max_logit_scale: float = 100.0
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    init_from: str | None = None  # a state dict (OpenAI/open_clip layout, or a clipray state.pt) loaded first
+    clippo: ClippoConfig = field(default_factory=ClippoConfig)
+    albef: AlbefConfig = field(default_factory=AlbefConfig)
+
+    def __post_init__(self) -> None:
+        if self.family == "albef":
+            # ALBEF pools the text at its first ([CLS]/SOT) token and fuses every text token with the
+            # image: the text encoder must see in both directions.
+            if self.text.attn != "bidirectional" or self.text.pool != "first":
+                raise ValueError("model.family=albef needs model.text.attn=bidirectional and model.text.pool=first")
+            if self.vision.kind != "vit":
+                raise ValueError("model.family=albef fuses ViT tokens: model.vision.kind must be vit")
+        if self.family == "clippo" and self.vision.kind != "vit":
+            raise ValueError("model.family=clippo is one ViT for both modalities: model.vision.kind must be vit")
 
 
 @dataclass(kw_only=True)
@@ -177,6 +245,7 @@ class TrackingConfig:
     experiment: str | None = None  # defaults to the pipeline name
     tracking_uri: str | None = None  # defaults to $MLFLOW_TRACKING_URI, else sqlite under the working dir
     run_name: str | None = None
+    parent_run_id: str | None = None  # nest the run under this MLflow run (tag mlflow.parentRunId)
 
 
 @dataclass(kw_only=True)
@@ -197,6 +266,10 @@ class PipelineConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def __post_init__(self) -> None:
+        if self.model.family == "clippo" and self.text.kind != "pixels":
+            raise ValueError("model.family=clippo reads rendered text images: set text.kind=pixels")
 
     @property
     def per_worker_batch_size(self) -> int:

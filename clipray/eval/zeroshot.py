@@ -7,6 +7,7 @@ argmax_c <normalize(f(x)), w_c>.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,13 +59,25 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
                         list(meta.get("templates") or ["{}"]))
 
 
+def text_encoder_input(config: PipelineConfig) -> Callable[[list[str]], torch.Tensor]:
+    """Strings -> what the model's text tower reads, exactly as in training: token ids
+    (`text.kind: tokens`) or CLIPPO-rendered, normalised pixels (`text.kind: pixels`)."""
+    if config.text.kind == "pixels":
+        from clipray.text.render import UnifontRenderer
+
+        renderer = UnifontRenderer(config.text.font, image_size=config.model.vision.image_size)
+        return lambda texts: to_model_input(torch.from_numpy(renderer(texts)), config.image.mean, config.image.std)
+    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
+    return lambda texts: torch.from_numpy(tokenizer(texts)).long()
+
+
 @torch.no_grad()
-def class_weights(model: Any, tokenizer: Any, classes: list[str], templates: list[str],
-                  device: torch.device) -> torch.Tensor:
+def class_weights(model: Any, encode_input: Callable[[list[str]], torch.Tensor], classes: list[str],
+                  templates: list[str], device: torch.device) -> torch.Tensor:
     weights = []
     for name in classes:
-        ids = torch.from_numpy(tokenizer([t.format(name) for t in templates])).long().to(device)
-        emb = F.normalize(model.encode_text(ids).float(), dim=-1).mean(0)
+        inputs = encode_input([t.format(name) for t in templates]).to(device)
+        emb = F.normalize(model.encode_text(inputs).float(), dim=-1).mean(0)
         weights.append(F.normalize(emb, dim=-1))
     return torch.stack(weights)  # C, D
 
@@ -85,8 +98,7 @@ def zero_shot_eval(model: Any, config: PipelineConfig, task: ZeroShotTask,
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
-    weights = class_weights(model, tokenizer, task.classes, task.templates, device)
+    weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
     feats = embed_images(model, task.images, config, device, config.eval.batch_size)
     logits = feats @ weights.T
     labels = torch.from_numpy(np.array(task.labels)).to(device)

@@ -13,7 +13,8 @@ if TYPE_CHECKING:
     from clipray.config.schema import ModelConfig
 
 model_registry: Registry[Callable[[ModelConfig], nn.Module]] = Registry(
-    "model family", lazy_modules=["clipray.models.clip.model"]
+    "model family",
+    lazy_modules=["clipray.models.clip.model", "clipray.models.clippo.model", "clipray.models.albef.model"],
 )
 
 

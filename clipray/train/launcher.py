@@ -13,6 +13,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten
+from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 
 
@@ -94,13 +95,16 @@ def train(config: PipelineConfig) -> TrainResult:
 
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     experiment = config.tracking.experiment or config.name
-    tracker = start_run(experiment, tracking_uri, run_name=config.tracking.run_name,
-                        tags={"clipray.pipeline": config.name, "clipray.family": config.model.family})
+    tags = {"clipray.pipeline": config.name, "clipray.family": config.model.family}
+    if config.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = config.tracking.parent_run_id  # MLflow's nesting tag
+    tracker = start_run(experiment, tracking_uri, run_name=config.tracking.run_name, tags=tags)
     print(f"[clipray] MLflow run {tracker.run_id} in experiment {experiment!r} ({tracking_uri})", flush=True)
     status = "FAILED"
     try:
         log_config(tracker, config)
         source = resolve_source(config)  # S3 access and schemas checked before Ray starts
+        log_parameter_counts(tracker, config.model)
         init_ray(config)
         stats = stats_actor()
         dataset = build_dataset(config, train=True, stats=stats, resolved=source)

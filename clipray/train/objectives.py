@@ -18,7 +18,9 @@ from clipray.models import build_model
 from clipray.models.common.image import to_model_input
 from clipray.registry import Registry
 
-objective_registry: Registry[Callable[..., Objective]] = Registry("objective")
+objective_registry: Registry[Callable[..., Objective]] = Registry(
+    "objective", lazy_modules=["clipray.train.albef_objective"]
+)
 
 
 class Objective:
@@ -59,13 +61,17 @@ class ContrastiveObjective(Objective):
     """CLIP-style: normalised image/text embeddings, sharded softmax contrastive loss."""
 
     def __init__(self, config: PipelineConfig, *, rank: int, world_size: int, device: torch.device) -> None:
-        super().__init__(build_model(config.model), rank=rank, world_size=world_size, device=device)
+        super().__init__(build_initial_model(config), rank=rank, world_size=world_size, device=device)
         self.mean, self.std = config.image.mean, config.image.std
+        self.text_pixels = config.text.kind == "pixels"  # CLIPPO: rendered alt-text in batch["text_image"]
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         images = to_model_input(batch["image"].to(self.device, non_blocking=True), self.mean, self.std)
-        tokens = batch["tokens"].to(self.device, non_blocking=True).long()
-        image_emb, text_emb, scale = self.model(images, tokens)
+        if self.text_pixels:
+            text = to_model_input(batch["text_image"].to(self.device, non_blocking=True), self.mean, self.std)
+        else:
+            text = batch["tokens"].to(self.device, non_blocking=True).long()
+        image_emb, text_emb, scale = self.model(images, text)
         loss = softmax_contrastive_loss(image_emb, text_emb, scale, rank=self.rank, world_size=self.world_size)
         return {"loss": loss}, {"logit_scale": float(scale.detach())}
 
@@ -73,7 +79,18 @@ class ContrastiveObjective(Objective):
         self.module.clamp_logit_scale()  # type: ignore[operator]
 
 
+def build_initial_model(config: PipelineConfig) -> nn.Module:
+    """The family's model, with `model.init_from` loaded when set (same weights on every rank)."""
+    model = build_model(config.model)
+    if config.model.init_from:
+        from clipray.models.clip.state_dict_adapter import load_init
+
+        load_init(model, config.model.init_from)
+    return model
+
+
 @objective_registry.register("clip")
+@objective_registry.register("clippo")
 def _clip(config: PipelineConfig, **kw: Any) -> Objective:
     return ContrastiveObjective(config, **kw)
 

@@ -33,6 +33,9 @@ def test_set_overrides_parse_yaml_values():
     ("train.global_batch_size=7", "divisible"),
     ("model.vision.patch_size=30", "multiple of patch_size"),
     ("model.text.pool=first", "makes no sense"),
+    ("model.family=albef", "needs model.text.attn=bidirectional"),
+    ("model.family=clippo", "text.kind=pixels"),
+    ("model.albef.momentum=1.0", "momentum must be in"),
     ("steps", "key=value"),
 ])
 def test_bad_values_are_clear(override, fragment):
@@ -46,9 +49,59 @@ def test_name_defaults_to_file_stem(tmp_path):
     assert load_config(p).name == "my-run"
 
 
+def _pipeline_configs(path):
+    """A pipeline file's config, or each variant's config for a sweep file."""
+    from clipray.train.sweep import is_sweep_file, variant_configs
+
+    if is_sweep_file(path):
+        return list(variant_configs(path)[1].values())
+    return [load_config(path)]
+
+
 @pytest.mark.parametrize("path", sorted((ROOT / "pipelines").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_pipeline_parses_and_builds(path):
-    cfg = load_config(path)
-    if cfg.model.vision.width * cfg.model.vision.layers <= 768 * 12:  # build the small ones here
-        model = build_model(cfg.model)
+    import torch
+
+    for cfg in _pipeline_configs(path):
+        small = cfg.model.vision.width * cfg.model.vision.layers <= 768 * 12 and cfg.model.vision.width <= 256
+        if small:  # build the small ones for real, the published sizes on the meta device (no memory)
+            model = build_model(cfg.model)
+        else:
+            with torch.device("meta"):
+                model = build_model(cfg.model)
         assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_shipped_pipelines_cover_every_family_and_tower():
+    configs = [c for p in sorted((ROOT / "pipelines").rglob("*.yaml")) for c in _pipeline_configs(p)]
+    assert {c.model.family for c in configs} >= {"clip", "clippo", "albef"}
+    assert {c.model.vision.kind for c in configs if c.model.family == "clip"} == {"vit", "resnet"}
+    tiny = [load_config(p) for p in sorted((ROOT / "pipelines/tiny").glob("*.yaml")) if "ablation" not in p.name]
+    assert {c.model.family for c in tiny} >= {"clip", "clippo", "albef"}
+    assert all(c.train.num_workers == 2 and not c.train.use_gpu for c in tiny)
+
+
+def test_causal_mean_pooling_warns():
+    with pytest.warns(UserWarning, match="prefix-weighted"):
+        load_config(data={"name": "x"}, overrides=["model.text.pool=mean"])
+
+
+def test_resnet_tower_config():
+    cfg = load_config(data={"name": "x"}, overrides=["model.vision.kind=resnet", "model.vision.image_size=64",
+                                                     "model.vision.width=8", "model.vision.heads=2",
+                                                     "model.vision.layers_per_stage=[1, 1, 1, 1]"])
+    assert cfg.model.vision.layers_per_stage == (1, 1, 1, 1)
+    with pytest.raises(ConfigError, match="4 positive block counts"):
+        load_config(data={"name": "x"}, overrides=["model.vision.kind=resnet", "model.vision.layers_per_stage=[1, 1]"])
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        load_config(data={"name": "x"}, overrides=["model.vision.kind=resnet", "model.vision.image_size=48"])
+
+
+def test_sweep_variant_errors_name_the_variant(tmp_path):
+    from clipray.train.sweep import variant_configs
+
+    p = tmp_path / "s.yaml"
+    p.write_text(f"pipeline: {ROOT / 'pipelines/tiny/clip-tiny.yaml'}\n"
+                 "variants:\n  bad: {model.text.attn: causal, model.text.pool: first}\n")
+    with pytest.raises(ConfigError, match=r"variant 'bad'.*makes no sense"):
+        variant_configs(p)

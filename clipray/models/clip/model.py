@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipray.config.schema import ModelConfig
+from clipray.models.common.resnet import ModifiedResNet
 from clipray.models.common.text import TextTransformer
 from clipray.models.common.vit import VisionTransformer
 from clipray.models.registry import model_registry
@@ -17,10 +18,9 @@ from clipray.models.registry import model_registry
 class CLIP(nn.Module):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
-        v, t = config.vision, config.text
+        t = config.text
         self.config = config
-        self.visual = VisionTransformer(v.image_size, v.patch_size, v.width, v.layers, v.heads,
-                                        config.embed_dim, v.mlp_ratio, config.quick_gelu)
+        self.visual = build_image_tower(config)
         text = TextTransformer(t.context_length, t.vocab_size, t.width, t.layers, t.heads, config.embed_dim,
                                t.mlp_ratio, config.quick_gelu, attn=t.attn, pool=t.pool)
         # OpenAI keeps the text modules at the top level of the state dict.
@@ -58,6 +58,18 @@ class CLIP(nn.Module):
         vision = sum(p.numel() for p in self.visual.parameters())
         total = sum(p.numel() for p in self.parameters())
         return {"vision": vision, "text": total - vision - 1, "total": total}
+
+    def to_openai_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights in OpenAI's / open_clip's key layout (clipray's own layout is the same)."""
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+
+def build_image_tower(config: ModelConfig) -> nn.Module:
+    v = config.vision
+    if v.kind == "resnet":
+        return ModifiedResNet(v.layers_per_stage, config.embed_dim, v.heads, v.image_size, v.width)
+    return VisionTransformer(v.image_size, v.patch_size, v.width, v.layers, v.heads, config.embed_dim, v.mlp_ratio,
+                             config.quick_gelu)
 
 
 @model_registry.register("clip")
