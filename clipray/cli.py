@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not learned")
     p.set_defaults(func=cmd_tokenizer_train)
 
+    _add_jobs_commands(sub)
+
     bench = sub.add_parser("bench", help="benchmarks: clipray beside a baseline, measured in one run")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
     from clipray.bench import load_benchmarks
@@ -65,6 +67,33 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_arguments(p)
         p.set_defaults(func=b.run)
     return parser
+
+
+def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
+    from clipray.jobs import commands as jc
+
+    p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster through the Jobs API")
+    _add_pipeline_args(p)
+    jc.add_address(p)
+    p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its outcome")
+    p.add_argument("--submission-id", default=None, help="job id (a resubmitted id is refused by Ray)")
+    p.set_defaults(func=jc.cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs").add_subparsers(
+        dest="jobs_command", required=True)
+    p = jobs.add_parser("list", help="recent jobs, newest first")
+    jc.add_address(p)
+    p.add_argument("--limit", type=int, default=20)
+    p.set_defaults(func=jc.cmd_jobs_list)
+    for name, func, text in [("status", jc.cmd_jobs_status, "a job's status and message"),
+                             ("logs", jc.cmd_jobs_logs, "a job's logs"),
+                             ("stop", jc.cmd_jobs_stop, "stop a running job")]:
+        p = jobs.add_parser(name, help=text)
+        p.add_argument("job_id")
+        jc.add_address(p)
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
+        p.set_defaults(func=func)
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
@@ -147,6 +176,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SourceError as e:  # unreachable endpoint, wrong credentials, missing column: said in one line
         print(f"clipray: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        from clipray.jobs import JobsError
+
+        if isinstance(e, JobsError):
+            print(f"clipray: error: {e}", file=sys.stderr)
+            return 2
+        raise
     except (ValueError, FileNotFoundError, KeyError) as e:
         from clipray.config import ConfigError
 
