@@ -57,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_tokenizer_train)
 
     _add_jobs_commands(sub)
+    _add_schedule_commands(sub)
 
     bench = sub.add_parser("bench", help="benchmarks: clipray beside a baseline, measured in one run")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -94,6 +95,63 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
         if name == "logs":
             p.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
         p.set_defaults(func=func)
+
+
+def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
+    from clipray.jobs import commands as jc
+    from clipray.schedule import commands as sc
+
+    sched = sub.add_parser("schedule", help="recurring retraining schedules (cron)").add_subparsers(
+        dest="schedule_command", required=True)
+    p = sched.add_parser("add", help="add a schedule that retrains PIPELINE on a cluster")
+    p.add_argument("name")
+    _add_pipeline_args(p)
+    p.add_argument("--cron", required=True, help="cron expression (UTC), e.g. '0 3 * * *'")
+    jc.add_address(p)
+    p.add_argument("--max-retries", type=int, default=2, help="resubmissions of a failed window")
+    p.add_argument("--start", default=None, help="count cron ticks from this ISO time (default: now)")
+    sc.add_state(p)
+    p.set_defaults(func=sc.cmd_schedule_add)
+    p = sched.add_parser("list", help="schedules, next run and last submission")
+    sc.add_state(p)
+    p.set_defaults(func=sc.cmd_schedule_list)
+    p = sched.add_parser("remove", help="remove a schedule")
+    p.add_argument("name")
+    sc.add_state(p)
+    p.set_defaults(func=sc.cmd_schedule_remove)
+    p = sched.add_parser("render", help="print a schedule as Kubernetes YAML")
+    p.add_argument("name")
+    p.add_argument("--kind", choices=["RayCronJob", "CronJob"], default="RayCronJob")
+    sc.add_state(p)
+    p.set_defaults(func=sc.cmd_schedule_render)
+
+    p = sub.add_parser("scheduler", help="run the scheduler service (submits due runs via the Jobs API)")
+    sc.add_state(p)
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks")
+    p.add_argument("--once", action="store_true", help="one check, then exit")
+    p.add_argument("--now", default=None, help="with --once: act as if it were this ISO time")
+    p.set_defaults(func=sc.cmd_scheduler)
+
+    p = sub.add_parser("retrain", help="one retraining run: new partitions, warm start, register, champion")
+    _add_pipeline_args(p)
+    p.add_argument("--schedule", default="manual", help="schedule name recorded on the run")
+    p.add_argument("--window", default=None, help="window id (idempotence key; default: this minute, UTC)")
+    p.add_argument("--partition-key", default="dt", help="hive partition key under data.source")
+    p.set_defaults(func=sc.cmd_retrain)
+
+    p = sub.add_parser("runs", help="recent MLflow runs with key metrics and how to open them")
+    p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
+    p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlruns.db")
+    p.add_argument("--limit", type=int, default=10)
+    p.set_defaults(func=cmd_runs)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from clipray.tracking import resolve_tracking_uri
+    from clipray.tracking.runs import format_runs, recent_runs
+
+    print(format_runs(recent_runs(resolve_tracking_uri(args.tracking_uri), args.experiment, args.limit)))
+    return 0
 
 
 def cmd_synth(args: argparse.Namespace) -> int:

@@ -246,6 +246,8 @@ class TrackingConfig:
     tracking_uri: str | None = None  # defaults to $MLFLOW_TRACKING_URI, else sqlite under the working dir
     run_name: str | None = None
     parent_run_id: str | None = None  # nest the run under this MLflow run (tag mlflow.parentRunId)
+    log_model: bool = True  # log the trained model as an MLflow pyfunc model and register it
+    registered_model: str | None = None  # model registry name; defaults to the pipeline name
 
 
 @dataclass(kw_only=True)

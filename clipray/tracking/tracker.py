@@ -18,14 +18,39 @@ SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?k
 MASK = "***"
 
 
+# Environment variables whose values are secrets even when a config value does not say so by its key.
+SECRET_ENV = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "RAY_AUTH_TOKEN", "MLFLOW_TRACKING_PASSWORD",
+              "MLFLOW_TRACKING_TOKEN", "HF_TOKEN")
+MIN_SECRET_LEN = 6  # shorter values ("1", "true") would mask unrelated text
+
+
+def secret_env_values(environ: Mapping[str, str] | None = None) -> list[str]:
+    """Values of the environment's secret variables (listed above, or named like a secret)."""
+    env = os.environ if environ is None else environ
+    names = {k for k in env if k in SECRET_ENV or SECRET_KEY.search(k)}
+    return sorted({env[k] for k in names if len(env[k] or "") >= MIN_SECRET_LEN}, key=len, reverse=True)
+
+
+def mask_text(text: str, secrets: list[str] | None = None) -> str:
+    """`text` with credentials in URIs and any secret environment value replaced by the mask."""
+    text = re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1" + MASK + "@", text)
+    for value in secret_env_values() if secrets is None else secrets:
+        text = text.replace(value, MASK)
+    return text
+
+
 def mask_secrets(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Replace values whose key names a secret; also values that embed credentials in a URI."""
+    """Replace values whose key names a secret, credentials embedded in URIs, and any value that
+    contains the value of a secret environment variable (AWS_SECRET_ACCESS_KEY, RAY_AUTH_TOKEN, ...)."""
+    secrets = secret_env_values()
     out: dict[str, Any] = {}
     for key, value in params.items():
         if SECRET_KEY.search(key):
             out[key] = MASK if value not in (None, "") else value
         elif isinstance(value, str):
-            out[key] = re.sub(r"(://[^/:@]+:)[^/@]+@", r"\1" + MASK + "@", value)
+            out[key] = mask_text(value, secrets)
+        elif isinstance(value, list | tuple) and any(isinstance(v, str) for v in value):
+            out[key] = [mask_text(v, secrets) if isinstance(v, str) else v for v in value]
         else:
             out[key] = value
     return out

@@ -25,6 +25,9 @@ class TrainResult:
     checkpoint_path: str | None
     metrics: dict[str, float]
     data: dict[str, Any]
+    model_uri: str | None = None  # the logged pyfunc model
+    model_name: str | None = None  # registered model and version
+    model_version: str | None = None
 
 
 def init_ray(config: PipelineConfig) -> None:
@@ -81,11 +84,16 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     ctx = RayTrainContext(batch_size=config.per_worker_batch_size,
                           local_shuffle_buffer=config.data.local_shuffle_buffer, seed=tc.seed)
     tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["run_id"]) if ctx.rank == 0 else NullTracker()
-    train_loop(config, ctx, tracker)
+    train_loop(config, ctx, tracker, init_model=loop_config.get("init_model"))
 
 
-def train(config: PipelineConfig) -> TrainResult:
-    """Train `config` on Ray, log everything to one MLflow run, evaluate zero-shot at the end."""
+def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
+          tags: dict[str, str] | None = None, version_tags: dict[str, str] | None = None) -> TrainResult:
+    """Train `config` on Ray, log everything to one MLflow run, evaluate zero-shot at the end.
+
+    `init_model`: a model state dict to warm-start from (when no checkpoint of this run exists).
+    `tags`: extra MLflow run tags; `version_tags`: tags of the registered model version.
+    """
     import ray
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -95,10 +103,10 @@ def train(config: PipelineConfig) -> TrainResult:
 
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     experiment = config.tracking.experiment or config.name
-    tags = {"clipray.pipeline": config.name, "clipray.family": config.model.family}
+    run_tags = {"clipray.pipeline": config.name, "clipray.family": config.model.family, **(tags or {})}
     if config.tracking.parent_run_id:
-        tags["mlflow.parentRunId"] = config.tracking.parent_run_id  # MLflow's nesting tag
-    tracker = start_run(experiment, tracking_uri, run_name=config.tracking.run_name, tags=tags)
+        run_tags["mlflow.parentRunId"] = config.tracking.parent_run_id  # MLflow's nesting tag
+    tracker = start_run(experiment, tracking_uri, run_name=config.tracking.run_name, tags=run_tags)
     print(f"[clipray] MLflow run {tracker.run_id} in experiment {experiment!r} ({tracking_uri})", flush=True)
     status = "FAILED"
     try:
@@ -111,7 +119,8 @@ def train(config: PipelineConfig) -> TrainResult:
         tc = config.train
         trainer = TorchTrainer(
             _worker_entry,
-            train_loop_config={"config": to_dict(config), "tracking_uri": tracking_uri, "run_id": tracker.run_id},
+            train_loop_config={"config": to_dict(config), "tracking_uri": tracking_uri, "run_id": tracker.run_id,
+                               "init_model": init_model},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
             ),
@@ -124,7 +133,10 @@ def train(config: PipelineConfig) -> TrainResult:
             datasets={"train": dataset},
         )
         started = time.monotonic()
-        result = trainer.fit()
+        from clipray.tracking.artifacts import system_metrics
+
+        with system_metrics(tracking_uri, tracker.run_id):
+            result = trainer.fit()
         train_s = time.monotonic() - started
         data = ray.get(stats.snapshot.remote())
         metrics = data_metrics(data, train_s)
@@ -132,8 +144,17 @@ def train(config: PipelineConfig) -> TrainResult:
         if config.eval.zeroshot_source and result.checkpoint is not None:
             metrics.update(evaluate_checkpoint(config, result.checkpoint))
         tracker.log_metrics(metrics, step=tc.steps)
+        out = TrainResult(tracker.run_id, tracking_uri, experiment, checkpoint_path, metrics, data)
+        if result.checkpoint is not None:
+            from clipray.tracking.publish import publish_run
+
+            published = publish_run(tracker, config, checkpoint_model_state(result.checkpoint),
+                                    version_tags={**(version_tags or {}), **{k: str(v) for k, v in metrics.items()
+                                                                             if k.startswith("eval/")}})
+            out.model_uri, out.model_name, out.model_version = (published.model_uri, published.name,
+                                                                published.version)
         status = "FINISHED"
-        return TrainResult(tracker.run_id, tracking_uri, experiment, checkpoint_path, metrics, data)
+        return out
     finally:
         tracker.close(status)
 
@@ -147,6 +168,13 @@ def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
     busy = data.get("busy_s", 0.0)
     out["data/stage_rows_per_s"] = data["rows_in"] / busy if busy > 0 else 0.0
     return out
+
+
+def checkpoint_model_state(checkpoint: Any) -> dict[str, Any]:
+    from clipray.train.context import load_state
+
+    with checkpoint.as_directory() as d:
+        return load_state(d)["objective"]["model"]
 
 
 def evaluate_checkpoint(config: PipelineConfig, checkpoint: Any) -> dict[str, float]:

@@ -23,8 +23,12 @@ from clipray.train.objectives import build_objective
 from clipray.train.optim import build_optimizer, build_scheduler
 
 
-def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | None = None) -> dict[str, float]:
-    """Train until `config.train.steps`; returns the last logged metrics."""
+def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | None = None,
+               init_model: dict[str, Any] | None = None) -> dict[str, float]:
+    """Train until `config.train.steps`; returns the last logged metrics.
+
+    `init_model` warm-starts the model weights (not the optimizer) when there is no checkpoint.
+    """
     tc = config.train
     tracker = tracker or NullTracker()
     torch.manual_seed(tc.seed)  # same initial weights on every rank
@@ -39,6 +43,8 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
         scheduler.load_state_dict(state["scheduler"])
         step, epoch = state["step"], state["epoch"]
         _set_rng(state["rng"])
+    elif init_model is not None:
+        objective.module.load_state_dict(init_model)
     if ctx.rank == 0:
         _say(f"training {config.model.family} from step {step} to {tc.steps} on {ctx.world_size} worker(s), "
              f"{ctx.device}")
@@ -46,6 +52,7 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     metrics: dict[str, float] = {}
     last = time.perf_counter()
+    first_step, loop_start = step, last  # for the ETA
     while step < tc.steps:
         seen = 0
         for batch in ctx.batches(epoch):
@@ -66,8 +73,9 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
                 last = now
                 tracker.log_metrics(metrics, step)
                 if ctx.rank == 0 and (step % max(tc.log_every, 10) == 0 or step == tc.steps):
+                    eta = (now - loop_start) / (step - first_step) * (tc.steps - step)
                     _say(f"step {step}/{tc.steps} loss {metrics['train/loss']:.4f} lr {metrics['train/lr']:.2e} "
-                         f"{metrics['train/samples_per_s']:.0f} samples/s")
+                         f"{metrics['train/samples_per_s']:.0f} samples/s ETA {int(eta) // 60}m{int(eta) % 60:02d}s")
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 state = _state(objective, optimizer, scheduler, step, epoch, config) if ctx.rank == 0 else None
                 ctx.report({"step": step, **metrics}, state)

@@ -1,0 +1,101 @@
+"""`clipray schedule add|list|remove|render`, `clipray scheduler` and `clipray retrain`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+DEFAULT_DB = "~/.clipray/scheduler.db"
+
+
+def add_state(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--state", default=os.environ.get("CLIPRAY_SCHEDULER_DB", DEFAULT_DB),
+                   help=f"scheduler SQLite file (default $CLIPRAY_SCHEDULER_DB or {DEFAULT_DB})")
+
+
+def _ts(value: str | None) -> float | None:
+    if value is None:
+        return None
+    dt = datetime.fromisoformat(value)
+    return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def _fmt(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def cmd_schedule_add(args: argparse.Namespace) -> int:
+    from clipray.config import load_config
+    from clipray.schedule.store import Schedule, ScheduleStore
+
+    load_config(args.pipeline, args.overrides)  # refuse a broken pipeline now, not at 3 a.m.
+    s = Schedule(args.name, args.cron, str(Path(args.pipeline).resolve()), list(args.overrides), args.address,
+                 args.max_retries)
+    ScheduleStore(args.state).add(s, now=_ts(args.start))
+    print(f"schedule {s.name}: '{s.cron}', next run {_fmt(s.next_due)}")
+    return 0
+
+
+def cmd_schedule_list(args: argparse.Namespace) -> int:
+    from clipray.schedule.store import ScheduleStore
+
+    store = ScheduleStore(args.state)
+    print(f"{'NAME':20} {'CRON':16} {'NEXT RUN':22} {'LAST':34} PIPELINE")
+    for s in store.schedules():
+        subs = store.submissions(s.name)
+        last = f"{subs[-1].submission_id.rsplit('-', 2)[-2]} {subs[-1].status}" if subs else "-"
+        print(f"{s.name:20} {s.cron:16} {_fmt(s.next_due):22} {last:34} {s.pipeline}")
+    return 0
+
+
+def cmd_schedule_remove(args: argparse.Namespace) -> int:
+    from clipray.schedule.store import ScheduleStore
+
+    if not ScheduleStore(args.state).remove(args.name):
+        raise KeyError(f"no schedule {args.name!r} in {args.state}")
+    print(f"removed schedule {args.name}")
+    return 0
+
+
+def cmd_schedule_render(args: argparse.Namespace) -> int:
+    from clipray.schedule.k8s import render
+    from clipray.schedule.store import ScheduleStore
+
+    print(render(ScheduleStore(args.state).get(args.name), args.kind), end="")
+    return 0
+
+
+def cmd_scheduler(args: argparse.Namespace) -> int:
+    from clipray.schedule.service import Scheduler
+    from clipray.schedule.store import ScheduleStore
+
+    sched = Scheduler(ScheduleStore(args.state), log=lambda m: print(m, flush=True))
+    if args.once:
+        sched.tick(_ts(args.now))
+        return 0
+    print(f"[scheduler] state {args.state}; checking every {args.interval:.0f} s", flush=True)
+    sched.run_forever(args.interval)
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from clipray.config import load_config
+    from clipray.schedule.retrain import retrain
+
+    config = load_config(args.pipeline, args.overrides)
+    window = args.window or time.strftime("%Y%m%dT%H%M", time.gmtime())
+    out = retrain(config, window=window, schedule=args.schedule, partition_key=args.partition_key)
+    if out.action == "no-new-data":
+        print(f"[clipray] retrain {window}: no new partitions since the last registered version; nothing to do")
+    elif out.action == "already-registered":
+        print(f"[clipray] retrain {window}: version {out.version} was registered by an earlier attempt")
+    else:
+        inc = "none" if out.incumbent_score is None else f"{out.incumbent_score:.4f}"
+        print(f"[clipray] retrain {window}: partitions {', '.join(out.partitions)}; warm start from version "
+              f"{out.parent_version or 'none (fresh)'}; registered version {out.version}; "
+              f"score {out.new_score:.4f} vs champion {inc}: "
+              f"{'champion moved' if out.champion_moved else 'champion kept'}")
+    return 0

@@ -1,0 +1,99 @@
+"""`clipray scheduler`: one process that submits due retraining runs through the Ray Jobs API.
+
+Each tick: (1) for every schedule whose next cron time has passed, record one submission for that
+window (deterministic id `clipray-<schedule>-<window>-a0`) and advance the schedule; missed ticks
+while the scheduler was down collapse into one run, because a retraining run takes every partition
+that arrived since the last successful one anyway; (2) send every `pending` submission (again,
+after a restart: Ray refuses the duplicate id and the submission counts as sent); (3) poll the
+open ones; a FAILED run is resubmitted as attempt n+1 of the same window up to `max_retries`.
+The job itself (`clipray retrain`) makes a repeated window harmless: it never registers twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from typing import Any
+
+from clipray.schedule.store import OPEN, Schedule, ScheduleStore, Submission, next_after
+
+
+def window_id(due: float) -> str:
+    return datetime.fromtimestamp(due, tz=timezone.utc).strftime("%Y%m%dT%H%M")
+
+
+def submission_id(schedule: str, window: str, attempt: int) -> str:
+    return f"clipray-{schedule}-{window}-a{attempt}"
+
+
+class Scheduler:
+    def __init__(self, store: ScheduleStore, connect: Callable[[str | None], Any] | None = None,
+                 log: Callable[[str], None] = print) -> None:
+        from clipray.jobs import connect as jobs_connect
+
+        self.store = store
+        self.connect = connect or jobs_connect
+        self.log = log
+
+    def tick(self, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        for s in self.store.schedules():
+            if s.next_due <= now:
+                window = window_id(s.next_due)
+                self.store.claim_window(s, window, submission_id(s.name, window, 0), next_after(s.cron, now))
+                self.log(f"[scheduler] {s.name}: window {window} due")
+        schedules = {s.name: s for s in self.store.schedules()}
+        for sub in self.store.submissions(statuses=OPEN):
+            s = schedules.get(sub.schedule)
+            if s is None:  # schedule removed: stop tracking its runs
+                self.store.set_status(sub.submission_id, "orphaned")
+                continue
+            if sub.status == "pending":
+                self._send(s, sub)
+            else:
+                self._poll(s, sub)
+
+    def _send(self, s: Schedule, sub: Submission) -> None:
+        from clipray.jobs import JobsError
+        from clipray.jobs.submit import prepare_job, submit_pipeline
+
+        job = prepare_job(s.pipeline, s.overrides, submission_id=sub.submission_id,
+                          metadata={"clipray.schedule": s.name, "clipray.window": sub.window})
+        job.entrypoint = (f"python -m clipray retrain pipeline.yaml --schedule {s.name} --window {sub.window}")
+        client = self.connect(s.address)
+        try:
+            submit_pipeline(client, client.get_address(), job)
+            self.log(f"[scheduler] {s.name}: submitted {sub.submission_id}")
+        except JobsError as e:
+            if "already exists" not in str(e):
+                self.log(f"[scheduler] {s.name}: submitting {sub.submission_id} failed: {e}")
+                return  # stays pending; tried again next tick
+            self.log(f"[scheduler] {s.name}: {sub.submission_id} was already submitted")
+        self.store.set_status(sub.submission_id, "submitted")
+
+    def _poll(self, s: Schedule, sub: Submission) -> None:
+        from clipray.jobs.submit import status_name
+
+        client = self.connect(s.address)
+        info = client.get_job_info(sub.submission_id)
+        status = status_name(info)
+        if status in ("PENDING", "RUNNING"):
+            return
+        if status == "SUCCEEDED":
+            self.store.set_status(sub.submission_id, "succeeded")
+            self.log(f"[scheduler] {s.name}: {sub.submission_id} succeeded")
+        elif sub.attempt < s.max_retries:
+            self.store.add_retry(sub, submission_id(s.name, sub.window, sub.attempt + 1))
+            self.log(f"[scheduler] {s.name}: {sub.submission_id} {status.lower()}, retrying window {sub.window}")
+        else:
+            self.store.set_status(sub.submission_id, "failed", (info.message or "")[-2000:])
+            self.log(f"[scheduler] {s.name}: {sub.submission_id} {status.lower()}; no retries left")
+
+    def run_forever(self, interval_s: float = 30.0) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception as e:  # one bad schedule or an unreachable cluster must not stop the service
+                self.log(f"[scheduler] tick failed: {type(e).__name__}: {e}")
+            time.sleep(interval_s)

@@ -1,0 +1,50 @@
+"""`clipray runs`: recent MLflow runs with their key metrics and where to open each."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+KEY_METRICS = ("train/loss", "eval/zeroshot_top1", "train/samples_per_s", "data/rows_out")
+
+
+def ui_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """A browser link for http(s) tracking servers; for local stores the `mlflow ui` command + link."""
+    path = f"/#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/") + path
+    return f"mlflow ui --backend-store-uri {tracking_uri}  ->  http://127.0.0.1:5000{path}"
+
+
+def recent_runs(tracking_uri: str, experiment: str | None = None, limit: int = 10) -> list[dict[str, Any]]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if experiment:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            raise KeyError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+        ids = [exp.experiment_id]
+    else:
+        ids = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"], max_results=limit) if ids else []
+    out = []
+    for r in runs:
+        out.append({
+            "run_id": r.info.run_id, "name": r.info.run_name, "status": r.info.status,
+            "experiment_id": r.info.experiment_id, "start": r.info.start_time,
+            "pipeline": r.data.tags.get("clipray.pipeline", "-"),
+            "metrics": {k: r.data.metrics[k] for k in KEY_METRICS if k in r.data.metrics},
+            "link": ui_link(tracking_uri, r.info.experiment_id, r.info.run_id),
+        })
+    return out
+
+
+def format_runs(runs: list[dict[str, Any]]) -> str:
+    lines = []
+    for r in runs:
+        started = time.strftime("%Y-%m-%d %H:%M", time.localtime(r["start"] / 1000)) if r["start"] else "-"
+        metrics = "  ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in r["metrics"].items()) or "no metrics"
+        lines.append(f"{r['run_id'][:12]}  {started}  {r['status']:9} {r['pipeline']:16} {metrics}")
+        lines.append(f"    {r['link']}")
+    return "\n".join(lines) if lines else "no runs"
