@@ -49,10 +49,13 @@ class Scheduler:
             if s is None:  # schedule removed: stop tracking its runs
                 self.store.set_status(sub.submission_id, "orphaned")
                 continue
-            if sub.status == "pending":
-                self._send(s, sub)
-            else:
-                self._poll(s, sub)
+            try:
+                if sub.status == "pending":
+                    self._send(s, sub)
+                else:
+                    self._poll(s, sub)
+            except Exception as e:  # one unreachable cluster must not hold up the other schedules
+                self.log(f"[scheduler] {s.name}: {sub.submission_id}: {type(e).__name__}: {e}")
 
     def _send(self, s: Schedule, sub: Submission) -> None:
         from clipray.jobs import JobsError
@@ -76,7 +79,14 @@ class Scheduler:
         from clipray.jobs.submit import status_name
 
         client = self.connect(s.address)
-        info = client.get_job_info(sub.submission_id)
+        try:
+            info = client.get_job_info(sub.submission_id)
+        except RuntimeError as e:
+            if "does not exist" not in str(e):
+                raise
+            # The cluster lost the job (e.g. a new head): send it again under the same id.
+            self.store.set_status(sub.submission_id, "pending")
+            return
         status = status_name(info)
         if status in ("PENDING", "RUNNING"):
             return
