@@ -43,7 +43,7 @@ def trained(tracking: str, tiny_data: Path, tmp_path_factory) -> dict[str, str]:
                            "--set", f"train.storage_path={cwd / 'runs'}",
                            "--set", f"data.endpoint_url=http://admin:{CFG_SECRET}@127.0.0.1:1",
                            "--set", f"tracking.run_name=nightly-{ENV_SECRET}",
-                           env=env, cwd=cwd, timeout=300)
+                           env=env, cwd=cwd, timeout=600)
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
