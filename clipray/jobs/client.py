@@ -9,12 +9,14 @@ mode when a token is available; `connect` does the same, so a token in the envir
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
+T = TypeVar("T")
 AUTH_HELP = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) to the cluster's token; "
              "on the head node `ray get-auth-token` prints it")
 
@@ -69,7 +71,7 @@ def auth_message(address: str, error: Exception) -> str:
     return f"the cluster at {address} requires an authentication token and none was found; {AUTH_HELP}"
 
 
-def call(address: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+def call(address: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run one client call, turning authentication failures into a JobsError."""
     from ray.exceptions import AuthenticationError
 
