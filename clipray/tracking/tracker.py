@@ -14,7 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-SECRET_KEY = re.compile(r"(secret|password|passwd|token|api[_-]?key|access[_-]?key|credential|private)", re.I)
+# "token" but not "tokenizer"/"tokenize": text.tokenizer is configuration, not a credential.
+SECRET_KEY = re.compile(r"(secret|password|passwd|token(?!i[sz])|api[_-]?key|access[_-]?key|credential|private)",
+                        re.I)
 MASK = "***"
 
 

@@ -30,10 +30,9 @@ def head() -> Iterator[RayHead]:
 
 
 def _wait_job(head: RayHead, job_id: str, timeout: float = 600) -> str:
-    from ray.job_submission import JobSubmissionClient
+    from clipray.jobs import connect
 
-    os.environ.update(head.env)  # this test process talks to the head with its token
-    client = JobSubmissionClient(head.address)
+    client = connect(head.address)  # token from RAY_AUTH_TOKEN, set by the test
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
@@ -47,8 +46,12 @@ def _wait_job(head: RayHead, job_id: str, timeout: float = 600) -> str:
     raise TimeoutError(job_id)
 
 
-def test_two_scheduled_runs_new_partition_warm_start_and_champion(head: RayHead, tiny_data: Path, tmp_path: Path):
+def test_two_scheduled_runs_new_partition_warm_start_and_champion(head: RayHead, tiny_data: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch):
     from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", head.token or "")
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
 
     root = tmp_path / "web"
     shards = sorted((tiny_data / "train").glob("*.parquet"))
