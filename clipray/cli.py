@@ -178,6 +178,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if top1 is not None:
         n = int(result.metrics["eval/zeroshot_classes"])
         print(f"zero-shot top-1: {top1:.2f} ({n} classes, chance {1 / n:.3f})")
+    if result.model_version:
+        print(f"model: {result.model_name} version {result.model_version} (mlflow.pyfunc.load_model("
+              f"'models:/{result.model_name}/{result.model_version}'))")
     print(f"open the run: mlflow ui --backend-store-uri {result.tracking_uri}  "
           f"(then http://127.0.0.1:5000/#/experiments/ -> {result.experiment!r})")
     print(f"mlflow_run_id: {result.run_id}")
