@@ -160,5 +160,6 @@ def start_run(experiment: str, tracking_uri: str, run_name: str | None = None,
         exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
     else:
         exp_id = exp.experiment_id
-    run = client.create_run(exp_id, run_name=run_name, tags=dict(mask_secrets(tags or {})))
+    run = client.create_run(exp_id, run_name=mask_text(run_name) if run_name else None,
+                            tags=dict(mask_secrets(tags or {})))
     return MlflowTracker(tracking_uri, run.info.run_id)
