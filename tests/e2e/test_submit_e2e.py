@@ -35,7 +35,7 @@ def test_submit_wait_runs_tiny_pipeline_to_success(auth_head: RayHead, tiny_data
     proc = run_clipray("submit", TINY, "--address", auth_head.address, "--wait",
                        "--set", f"data.source={tiny_data / 'train'}",
                        "--set", f"eval.zeroshot_source={tiny_data / 'eval'}",
-                       "--set", "train.storage_path=runs", env=env, cwd=tmp_path, timeout=300)
+                       "--set", "train.storage_path=runs", env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = proc.stdout.splitlines()[0]
     assert job_id.startswith("clipray-clip-tiny-")
@@ -50,7 +50,7 @@ def test_submit_wait_runs_tiny_pipeline_to_success(auth_head: RayHead, tiny_data
 def test_failing_pipeline_exits_nonzero_with_job_error(auth_head: RayHead, tmp_path: Path):
     proc = run_clipray("submit", TINY, "--address", auth_head.address, "--wait",
                        "--set", f"data.source={tmp_path / 'no-such-dir'}", "--set", "train.storage_path=runs",
-                       env=_env(auth_head, tmp_path), cwd=tmp_path, timeout=300)
+                       env=_env(auth_head, tmp_path), cwd=tmp_path, timeout=900)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "failed: Job entrypoint command failed" in proc.stderr
     assert "no-such-dir' does not exist" in proc.stderr  # the job's own error, not just a status
