@@ -1,0 +1,93 @@
+"""Sigmoid (SigLIP) loss over a ring of workers: no worker ever holds every feature.
+
+Full-batch loss over N = W·B pairs:
+
+    L = -(1/N) Σ_i Σ_j log σ(z_ij · (t·⟨x_i, y_j⟩ + b)),   z_ij = +1 if i = j else -1
+
+Worker r scores its B images against its own B texts (the block with the positives), then
+passes its current text chunk to rank r+1 and receives one from rank r-1, W-1 times, adding
+negative-only B×B blocks. Logit memory is O(B²) and at most two text chunks are alive. The
+exchange is an autograd function whose backward sends the chunk's gradient back the way it
+came, so every worker's text features receive the gradient of every worker's loss terms.
+Each worker returns its own sum / B; the mean over workers (what DDP's gradient average
+produces) is exactly L, as for `softmax_contrastive_loss`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def _exchange(x: torch.Tensor, to_rank: int, from_rank: int, group: dist.ProcessGroup | None) -> torch.Tensor:
+    """Send `x` to `to_rank` and return what `from_rank` sent (same shape and dtype)."""
+    out = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x.contiguous(), to_rank, group=group),
+           dist.P2POp(dist.irecv, out, from_rank, group=group)]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()
+    return out
+
+
+class NeighbourExchange(torch.autograd.Function):
+    """Forward: x goes to `to_rank`, the result comes from `from_rank`. Backward: the reverse."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, to_rank: int, from_rank: int,
+                group: dist.ProcessGroup | None) -> torch.Tensor:
+        ctx.to_rank, ctx.from_rank, ctx.group = to_rank, from_rank, group
+        return _exchange(x, to_rank, from_rank, group)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        return _exchange(grad, ctx.from_rank, ctx.to_rank, ctx.group), None, None, None
+
+
+def _global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
+    if group is None or group is dist.group.WORLD:
+        return group_rank
+    return dist.get_global_rank(group, group_rank)
+
+
+def _block_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                positives: bool) -> torch.Tensor:
+    logits = scale * image @ text.T + bias
+    if positives:
+        labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+    else:
+        labels = -torch.ones_like(logits)
+    return -F.logsigmoid(labels * logits).sum()
+
+
+def sigmoid_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                             logit_bias: torch.Tensor, *, rank: int = 0, world_size: int = 1,
+                             group: dist.ProcessGroup | None = None) -> torch.Tensor:
+    """This worker's share of the SigLIP loss, its text passed around the ring.
+
+    Args:
+        image, text: L2-normalised local features (B, D); row i of each is a positive pair.
+            Every worker must hold the same B.
+        logit_scale: exponentiated temperature t (scalar); logit_bias: b (scalar).
+        rank, world_size: this worker's rank in `group` (default: the world group) and its size.
+    Returns:
+        (1/B) × the sum of this worker's log-sigmoid terms; the mean over workers is the full loss.
+    """
+    b = image.shape[0]
+    loss = _block_loss(image, text, logit_scale, logit_bias, positives=True)
+    if world_size > 1:
+        to_rank = _global_rank(group, (rank + 1) % world_size)
+        from_rank = _global_rank(group, (rank - 1) % world_size)
+        chunk = text
+        for _ in range(world_size - 1):
+            chunk = NeighbourExchange.apply(chunk, to_rank, from_rank, group)
+            loss = loss + _block_loss(image, chunk, logit_scale, logit_bias, positives=False)
+    return loss / b
+
+
+def naive_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
+                       logit_bias: torch.Tensor) -> torch.Tensor:
+    """The full N×N reference on one process (tests and benchmarks)."""
+    return _block_loss(image, text, logit_scale, logit_bias, positives=True) / image.shape[0]
