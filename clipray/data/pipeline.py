@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from clipray.data.ops.base import Batch, CountingStats, Op, batch_len, op_registry
@@ -73,9 +74,29 @@ def _empty_output(batch: Batch) -> Batch:
     return {"key": np.array([], dtype=object)} if "key" in batch else {}
 
 
+class SkipKeys:
+    """Drop rows whose key is in `keys` (the rows a resumed chunk already consumed)."""
+
+    def __init__(self, keys: Collection[str], key_column: str) -> None:
+        self.keys = frozenset(keys)
+        self.key_column = key_column
+
+    def __call__(self, batch: Batch) -> Batch:
+        import numpy as np
+
+        keep = np.fromiter((k not in self.keys for k in batch[self.key_column]), dtype=bool,
+                           count=batch_len(batch))
+        return {name: col[keep] for name, col in batch.items()}
+
+
 def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = None, seed: int | None = None,
-                  source: str | None = None) -> ray.data.Dataset:
-    """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False)."""
+                  source: str | None = None, files: list[str] | None = None,
+                  skip_keys: Collection[str] = ()) -> ray.data.Dataset:
+    """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False).
+
+    `files`: read exactly these files of the source, in this order, without Ray's file shuffle
+    (clipray.data.order plans them). `skip_keys`: rows to leave out before any preprocessing.
+    """
     from ray.data import ActorPoolStrategy, DataContext
 
     ctx = DataContext.get_current()
@@ -85,7 +106,10 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     columns = [d.key_column, d.caption_column, d.image_column]
     shuffle_seed = seed if seed is not None else (d.shuffle_seed if d.shuffle_seed is not None else config.train.seed)
     ds = read_parquet(source or d.source, columns=columns, endpoint_url=d.endpoint_url,
-                      shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus)
+                      shuffle_seed=shuffle_seed if train and files is None else None, num_cpus=d.num_cpus,
+                      files=files)
+    if skip_keys:
+        ds = ds.map_batches(SkipKeys(skip_keys, d.key_column), batch_format="numpy", num_cpus=d.num_cpus)
     return ds.map_batches(
         Preprocess,
         fn_constructor_args=(config,),

@@ -38,11 +38,16 @@ def resolve(source: str, endpoint_url: str | None = None) -> tuple[list[str] | s
 
 
 def read_parquet(source: str, *, columns: list[str] | None = None, endpoint_url: str | None = None,
-                 shuffle_seed: int | None = None, num_cpus: float = 0.25) -> ray.data.Dataset:
-    """A lazy dataset over the parquet files of `source`, projected to `columns`."""
+                 shuffle_seed: int | None = None, num_cpus: float = 0.25,
+                 files: list[str] | None = None) -> ray.data.Dataset:
+    """A lazy dataset over the parquet files of `source` (or exactly `files` of it), projected to `columns`."""
     import ray.data
     from ray.data import FileShuffleConfig
 
     paths, filesystem = resolve(source, endpoint_url)
+    if files is not None:
+        if not files:
+            raise ValueError(f"read_parquet: an empty file list for data.source {source!r}")
+        paths = list(files)  # in this order: the caller (clipray.data.order) owns it
     shuffle = FileShuffleConfig(seed=shuffle_seed) if shuffle_seed is not None else None
     return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns, shuffle=shuffle, num_cpus=num_cpus)
