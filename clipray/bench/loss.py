@@ -33,11 +33,11 @@ VARIANTS = ("softmax-sharded", "softmax-naive", "sigmoid-ring", "sigmoid-naive")
 
 def _loss_fn(variant: str, rank: int, world_size: int) -> Any:
     import torch
-    import torch.nn.functional as F
 
     from clipray.losses import (
         gather_with_grad,
         naive_sigmoid_loss,
+        naive_softmax_loss,
         sigmoid_contrastive_loss,
         softmax_contrastive_loss,
     )
@@ -49,9 +49,7 @@ def _loss_fn(variant: str, rank: int, world_size: int) -> Any:
             return sigmoid_contrastive_loss(img, txt, scale, bias, rank=rank, world_size=world_size)
         all_img, all_txt = gather_with_grad(img, world_size), gather_with_grad(txt, world_size)
         if variant == "softmax-naive":
-            logits = scale * all_img @ all_txt.T
-            labels = torch.arange(logits.shape[0])
-            return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+            return naive_softmax_loss(all_img, all_txt, scale)
         return naive_sigmoid_loss(all_img, all_txt, scale, bias)
 
     return fn

@@ -52,14 +52,43 @@ def _global_rank(group: dist.ProcessGroup | None, group_rank: int) -> int:
     return dist.get_global_rank(group, group_rank)
 
 
+def _signs(logits: torch.Tensor, positives: bool) -> torch.Tensor:
+    """z: +1 on the diagonal of the block with the positives, -1 elsewhere."""
+    z = -torch.ones_like(logits)
+    if positives:
+        z.diagonal().fill_(1)
+    return z
+
+
+class _SigmoidBlock(torch.autograd.Function):
+    """Σ -log σ(z · (t·x·yᵀ + b)) over one block; saves inputs only, recomputes in backward."""
+
+    @staticmethod
+    def forward(ctx: Any, image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
+                positives: bool) -> torch.Tensor:
+        logits = (image @ text.T).mul_(scale).add_(bias)
+        ctx.save_for_backward(image, text, scale, bias)
+        ctx.positives = positives
+        return -F.logsigmoid(logits.mul_(_signs(logits, positives))).sum()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        image, text, scale, bias = ctx.saved_tensors
+        raw = image @ text.T
+        z = _signs(raw, ctx.positives)
+        # d/dl [-log σ(z·l)] = -z · σ(-z·l)
+        dlogits = torch.sigmoid(-(raw * scale + bias) * z).mul_(z).mul_(-grad)
+        grad_scale = (dlogits * raw).sum() if ctx.needs_input_grad[2] else None
+        grad_bias = dlogits.sum() if ctx.needs_input_grad[3] else None
+        grad_image = (dlogits @ text).mul_(scale) if ctx.needs_input_grad[0] else None
+        grad_text = (dlogits.T @ image).mul_(scale) if ctx.needs_input_grad[1] else None
+        return grad_image, grad_text, grad_scale, grad_bias, None
+
+
 def _block_loss(image: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor,
                 positives: bool) -> torch.Tensor:
-    logits = scale * image @ text.T + bias
-    if positives:
-        labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
-    else:
-        labels = -torch.ones_like(logits)
-    return -F.logsigmoid(labels * logits).sum()
+    dtype = image.dtype
+    return _SigmoidBlock.apply(image, text, scale.to(dtype), bias.to(dtype), positives)
 
 
 def sigmoid_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
@@ -89,5 +118,6 @@ def sigmoid_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scal
 
 def naive_sigmoid_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor,
                        logit_bias: torch.Tensor) -> torch.Tensor:
-    """The full N×N reference on one process (tests and benchmarks)."""
-    return _block_loss(image, text, logit_scale, logit_bias, positives=True) / image.shape[0]
+    """The full N×N reference on one process, plain autograd (tests and benchmarks)."""
+    logits = logit_scale * image @ text.T + logit_bias
+    return -F.logsigmoid(_signs(logits, positives=True) * logits).sum() / image.shape[0]

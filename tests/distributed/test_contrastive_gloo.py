@@ -17,7 +17,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from clipray.losses import naive_sigmoid_loss, sigmoid_contrastive_loss, softmax_contrastive_loss
+from clipray.losses import (
+    naive_sigmoid_loss,
+    naive_softmax_loss,
+    sigmoid_contrastive_loss,
+    softmax_contrastive_loss,
+)
 
 B, D = 8, 16
 TOL = 1e-5
@@ -31,8 +36,10 @@ def full_batch(world_size: int):
 
 
 def compute(kind: str, img, txt, scale, bias, rank: int, world_size: int, sharded: bool):
-    if kind == "softmax":
+    if kind == "softmax" and sharded:
         return softmax_contrastive_loss(img, txt, scale, rank=rank, world_size=world_size)
+    if kind == "softmax":
+        return naive_softmax_loss(img, txt, scale)  # plain autograd over the full N x N matrix
     if sharded:
         return sigmoid_contrastive_loss(img, txt, scale, bias, rank=rank, world_size=world_size)
     return naive_sigmoid_loss(img, txt, scale, bias)
