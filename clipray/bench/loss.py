@@ -9,9 +9,10 @@ features (dimension D) and run one forward + backward of the loss:
 * sigmoid, ring: `sigmoid_contrastive_loss` (B x B blocks, text passed around the ring);
 * sigmoid, naive: all features gathered, full W·B x W·B sigmoid matrix.
 
-Memory method: each configuration runs in fresh processes; rank 0 reads its peak resident set
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`) after creating the features and again after the
-first forward + backward; the difference is the loss's peak working memory (logits, softmax,
+Memory method: each configuration runs in fresh processes; after a warm-up pass on 16 rows per
+worker (so one-time costs are excluded), rank 0 reads its peak resident set
+(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), runs the first full-size forward + backward and
+reads it again; the difference is the loss's peak working memory (logits, softmax,
 gathered features, gradients). Time: median of `--repeats` further forward + backward passes.
 """
 
@@ -70,6 +71,9 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     scale = torch.tensor(10.0, requires_grad=True)
     bias = torch.tensor(-10.0, requires_grad=True)
     fn = _loss_fn(variant, rank, world_size)
+    # Warm up on a few rows: one-time costs (autograd threads, gloo buffers) are not the loss's.
+    small = [t[:16].detach().clone().requires_grad_(True) for t in (img, txt)]
+    fn(small[0], small[1], scale, bias).backward()
     if world_size > 1:
         dist.barrier()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

@@ -50,10 +50,10 @@ class _RowsCrossEntropy(torch.autograd.Function):
         b = q.shape[0]
         rows = torch.arange(b, device=q.device)
         raw = q @ keys.T  # unscaled: d loss / d scale = Σ dlogits · raw
-        probs = torch.exp(raw * scale - lse[:, None])
+        probs = (raw * scale).sub_(lse[:, None]).exp_()  # softmax, built in place
         probs[rows, rows + ctx.offset] -= 1
         probs.mul_(grad / b)  # now d loss / d logits
-        grad_scale = (probs * raw).sum() if ctx.needs_input_grad[2] else None
+        grad_scale = torch.vdot(probs.reshape(-1), raw.reshape(-1)) if ctx.needs_input_grad[2] else None
         del raw
         grad_q = (probs @ keys).mul_(scale) if ctx.needs_input_grad[0] else None
         grad_keys = (probs.T @ q).mul_(scale) if ctx.needs_input_grad[1] else None

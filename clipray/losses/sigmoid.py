@@ -77,9 +77,11 @@ class _SigmoidBlock(torch.autograd.Function):
         raw = image @ text.T
         z = _signs(raw, ctx.positives)
         # d/dl [-log σ(z·l)] = -z · σ(-z·l)
-        dlogits = torch.sigmoid(-(raw * scale + bias) * z).mul_(z).mul_(-grad)
-        grad_scale = (dlogits * raw).sum() if ctx.needs_input_grad[2] else None
+        dlogits = (raw * scale).add_(bias).mul_(z).neg_().sigmoid_().mul_(z).mul_(-grad)
+        del z
+        grad_scale = torch.vdot(dlogits.reshape(-1), raw.reshape(-1)) if ctx.needs_input_grad[2] else None
         grad_bias = dlogits.sum() if ctx.needs_input_grad[3] else None
+        del raw
         grad_image = (dlogits @ text).mul_(scale) if ctx.needs_input_grad[0] else None
         grad_text = (dlogits.T @ image).mul_(scale) if ctx.needs_input_grad[1] else None
         return grad_image, grad_text, grad_scale, grad_bias, None
