@@ -113,6 +113,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dim", type=int, default=512, help="feature dimension (D)")
     parser.add_argument("--world-sizes", default="1,2,4", help="comma-separated W values")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes after the measured one")
+    parser.add_argument("--losses", default="softmax,sigmoid", help="comma-separated: softmax, sigmoid")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
           f"{'clipray s':>9} {'naive s':>8}")
     for kind, ours, naive in (("softmax", "softmax-sharded", "softmax-naive"),
                               ("sigmoid", "sigmoid-ring", "sigmoid-naive")):
+        if kind not in args.losses.split(","):
+            continue
         for w in sizes:
             a = measure(ours, w, args.batch, args.dim, args.repeats)
             b = measure(naive, w, args.batch, args.dim, args.repeats)
