@@ -7,9 +7,9 @@ worker's loss terms. With DDP averaging parameter gradients over W workers, the 
 exactly the gradient of the full-batch loss  L = (1/2N) Σ_i [CE(img_i→txt) + CE(txt_i→img)].
 
 Each direction's cross-entropy is one autograd function that saves only its inputs and the
-row log-sum-exp, and recomputes the B x N logits in the backward pass: at most one B x N
-matrix (plus one temporary) is alive at a time, instead of the logits, their scaled copy and
-their log-softmax for both directions.
+row log-sum-exp, builds the logits a block of rows at a time and recomputes them in the backward
+pass: at most ROW_CHUNK x N logits (plus one temporary) are alive, instead of the B x N logits,
+their scaled copy and their log-softmax for both directions.
 """
 
 from __future__ import annotations
@@ -30,16 +30,24 @@ def gather_with_grad(x: torch.Tensor, world_size: int, group: dist.ProcessGroup 
     return torch.cat(dist_fn.all_gather(x, group=group if group is not None else dist.group.WORLD), dim=0)
 
 
+ROW_CHUNK = 256  # rows of logits materialised at once (forward and backward)
+
+
 class _RowsCrossEntropy(torch.autograd.Function):
-    """mean_i CE(scale · q_i · keys^T, label offset+i), logits recomputed in backward."""
+    """mean_i CE(scale · q_i · keys^T, label offset+i); logits built ROW_CHUNK rows at a time and
+    recomputed in backward, so at most ROW_CHUNK x N of them (plus one temporary) are alive."""
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor, offset: int) -> torch.Tensor:
         b = q.shape[0]
-        logits = (q @ keys.T).mul_(scale)
-        rows = torch.arange(b, device=q.device)
-        positives = logits[rows, rows + offset]
-        lse = torch.logsumexp(logits, dim=1)
+        lse = torch.empty(b, dtype=q.dtype, device=q.device)
+        positives = torch.empty(b, dtype=q.dtype, device=q.device)
+        for s in range(0, b, ROW_CHUNK):
+            logits = (q[s : s + ROW_CHUNK] @ keys.T).mul_(scale)
+            rows = torch.arange(logits.shape[0], device=q.device)
+            positives[s : s + ROW_CHUNK] = logits[rows, rows + offset + s]
+            lse[s : s + ROW_CHUNK] = torch.logsumexp(logits, dim=1)
+            del logits
         ctx.save_for_backward(q, keys, scale, lse)
         ctx.offset = offset
         return (lse - positives).mean()
@@ -48,15 +56,21 @@ class _RowsCrossEntropy(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, keys, scale, lse = ctx.saved_tensors
         b = q.shape[0]
-        rows = torch.arange(b, device=q.device)
-        raw = q @ keys.T  # unscaled: d loss / d scale = Σ dlogits · raw
-        probs = (raw * scale).sub_(lse[:, None]).exp_()  # softmax, built in place
-        probs[rows, rows + ctx.offset] -= 1
-        probs.mul_(grad / b)  # now d loss / d logits
-        grad_scale = torch.vdot(probs.reshape(-1), raw.reshape(-1)) if ctx.needs_input_grad[2] else None
-        del raw
-        grad_q = (probs @ keys).mul_(scale) if ctx.needs_input_grad[0] else None
-        grad_keys = (probs.T @ q).mul_(scale) if ctx.needs_input_grad[1] else None
+        grad_q = torch.empty_like(q)
+        grad_keys = torch.zeros_like(keys)
+        grad_scale = torch.zeros((), dtype=q.dtype, device=q.device)
+        for s in range(0, b, ROW_CHUNK):
+            q_s = q[s : s + ROW_CHUNK]
+            raw = q_s @ keys.T  # unscaled: d loss / d scale = Σ dlogits · raw
+            rows = torch.arange(raw.shape[0], device=q.device)
+            probs = (raw * scale).sub_(lse[s : s + ROW_CHUNK, None]).exp_()  # softmax, in place
+            probs[rows, rows + ctx.offset + s] -= 1
+            probs.mul_(grad / b)  # now d loss / d logits
+            grad_scale += torch.vdot(probs.reshape(-1), raw.reshape(-1))
+            del raw
+            grad_q[s : s + ROW_CHUNK] = (probs @ keys).mul_(scale)
+            grad_keys.addmm_(probs.T, q_s, alpha=float(scale))
+            del probs
         return grad_q, grad_keys, grad_scale, None
 
 
