@@ -6,6 +6,7 @@ holding the whole batch with micro_batches=1. Gradients of every parameter must 
 
 from __future__ import annotations
 
+import copy
 import os
 
 import pytest
@@ -28,7 +29,7 @@ TINY = {"name": "t", "model": {"embed_dim": 16, "vision": {"image_size": 16, "pa
 
 def config(loss: str, micro: int, world_size: int = 1, parallel: str = "ddp"):
     extra = ["model.init_logit_bias=-10", "model.init_logit_scale=10"] if loss == "sigmoid" else []
-    return load_config(data=TINY, overrides=[f"train.loss={loss}", f"train.micro_batches={micro}",
+    return load_config(data=copy.deepcopy(TINY), overrides=[f"train.loss={loss}", f"train.micro_batches={micro}",
                                              f"train.num_workers={world_size}", f"train.parallel={parallel}", *extra])
 
 

@@ -6,6 +6,7 @@ The GPU tests skip with the reason where no CUDA device is present (CPU-only mac
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -32,7 +33,7 @@ def batch():
 
 def step(device: str, *overrides: str, autocast: bool = False) -> tuple[float, dict[str, torch.Tensor]]:
     torch.manual_seed(0)
-    cfg = load_config(data=TINY, overrides=list(overrides))
+    cfg = load_config(data=copy.deepcopy(TINY), overrides=list(overrides))  # load_config may edit its input
     obj = ContrastiveObjective(cfg, rank=0, world_size=1, device=torch.device(device))
 
     def ctx():
