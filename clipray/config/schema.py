@@ -42,8 +42,11 @@ class DataConfig:
     max_caption_chars: int = 2000  # longer -> `caption_too_long` (web junk, not alt text)
     fix_text: bool = True  # ftfy mojibake repair in caption clean-up
     dedup_images: bool = True  # drop exact duplicate image bytes within a parquet file
+    chunk_files: int | None = None  # parquet files per training chunk (resume unit); None = whole epoch
 
     def __post_init__(self) -> None:
+        if self.chunk_files is not None and self.chunk_files <= 0:
+            raise ValueError(f"data.chunk_files must be positive, got {self.chunk_files}")
         if self.batch_size <= 0 or self.concurrency <= 0:
             raise ValueError("data.batch_size and data.concurrency must be positive")
         if self.max_aspect_ratio is not None and self.max_aspect_ratio < 1:
@@ -174,6 +177,7 @@ class ModelConfig:
     quick_gelu: bool = False
     init_logit_scale: float = 1 / 0.07  # temperature 0.07
     max_logit_scale: float = 100.0
+    init_logit_bias: float | None = None  # learnable logit bias (SigLIP: -10); None = no bias
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     init_from: str | None = None  # a state dict (OpenAI/open_clip layout, or a clipray state.pt) loaded first
@@ -207,10 +211,15 @@ class OptimConfig:
 class TrainConfig:
     steps: int = 1000  # the run's length, in optimizer steps
     global_batch_size: int = 256  # summed over workers
-    num_workers: int = 2
+    num_workers: int | tuple[int, int] = 2  # a [min, max] range makes the run elastic
     cpus_per_worker: float = 1.0
     use_gpu: bool = False
-    loss: Literal["softmax"] = "softmax"
+    loss: Literal["softmax", "sigmoid"] = "softmax"
+    micro_batches: int = 1  # > 1: gradient caching over this many micro-batches per worker step
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # fsdp = torch.distributed.fsdp.fully_shard (FSDP2)
+    grad_checkpointing: bool = False  # recompute transformer blocks in the backward pass
+    compile: bool = False  # torch.compile the towers
+    sample_log: str | None = None  # directory where each worker appends the keys it trained on
     precision: Literal["fp32", "bf16"] = "fp32"
     grad_clip: float | None = 1.0
     log_every: int = 1
@@ -224,13 +233,27 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.steps <= 0:
             raise ValueError("train.steps must be positive")
-        if self.num_workers <= 0:
-            raise ValueError("train.num_workers must be positive")
-        if self.global_batch_size % self.num_workers:
+        lo, hi = self.worker_range
+        if lo <= 0 or hi < lo:
+            raise ValueError(f"train.num_workers must be positive (or a [min, max] range), got {self.num_workers}")
+        if self.micro_batches <= 0:
+            raise ValueError(f"train.micro_batches must be positive, got {self.micro_batches}")
+        for w in sorted({lo, hi}):
+            self.local_batch_size(w)
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        n = self.num_workers
+        return (n, n) if isinstance(n, int) else (int(n[0]), int(n[1]))
+
+    def local_batch_size(self, world_size: int) -> int:
+        """Rows per worker per step at `world_size`: the global batch stays the configured size."""
+        if self.global_batch_size % (world_size * self.micro_batches):
             raise ValueError(
-                f"train.global_batch_size ({self.global_batch_size}) must be divisible by "
-                f"train.num_workers ({self.num_workers})"
+                f"train.global_batch_size ({self.global_batch_size}) must be divisible by the world size "
+                f"({world_size}, from train.num_workers) times train.micro_batches ({self.micro_batches})"
             )
+        return self.global_batch_size // world_size
 
 
 @dataclass(kw_only=True)
@@ -275,4 +298,5 @@ class PipelineConfig:
 
     @property
     def per_worker_batch_size(self) -> int:
-        return self.train.global_batch_size // self.train.num_workers
+        """At the largest world size of train.num_workers."""
+        return self.train.local_batch_size(self.train.worker_range[1])

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -125,10 +125,27 @@ def _empty_output(batch: Batch) -> Batch:
     return {"key": np.array([], dtype=object)} if "key" in batch else {}
 
 
+class SkipKeys:
+    """Drop rows whose key is in `keys` (the rows a resumed chunk already consumed)."""
+
+    def __init__(self, keys: Collection[str], key_column: str) -> None:
+        self.keys = frozenset(keys)
+        self.key_column = key_column
+
+    def __call__(self, table: Any) -> Any:
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        keys = table.column(self.key_column).cast(pa.string())
+        return table.filter(pc.invert(pc.is_in(keys, value_set=pa.array(sorted(self.keys), pa.string()))))
+
+
 def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = None, seed: int | None = None,
                   source: str | None = None, files: Sequence[str] | None = None,
-                  resolved: Source | None = None) -> ray.data.Dataset:
+                  resolved: Source | None = None, skip_keys: Collection[str] = ()) -> ray.data.Dataset:
     """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False).
+
+    `skip_keys`: rows to leave out before any preprocessing (consumed before a resume).
 
     `files`: read exactly these parquet files (paths as `list_source_files` returns them), in this
     order, instead of listing `source`; used to rebuild a partial epoch on resume.
@@ -152,6 +169,8 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     ds = read_parquet(src, columns=[*required_columns(config), *d.partition_columns],
                       shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus,
                       include_paths=dedup is not None)
+    if skip_keys:
+        ds = ds.map_batches(SkipKeys(skip_keys, d.key_column), batch_format="pyarrow", num_cpus=d.num_cpus)
     return ds.map_batches(
         Preprocess,
         fn_constructor_args=(config,),

@@ -5,9 +5,16 @@ modality, so the logits are B x N per worker, never N x N. The gather is autogra
 (its backward is a reduce-scatter), so every worker's features receive the gradient of every
 worker's loss terms. With DDP averaging parameter gradients over W workers, the result is
 exactly the gradient of the full-batch loss  L = (1/2N) Σ_i [CE(img_i→txt) + CE(txt_i→img)].
+
+Each direction's cross-entropy is one autograd function that saves only its inputs and the
+row log-sum-exp, builds the logits a block of rows at a time and recomputes them in the backward
+pass: at most ROW_CHUNK x N logits (plus one temporary) are alive, instead of the B x N logits,
+their scaled copy and their log-softmax for both directions.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -21,6 +28,50 @@ def gather_with_grad(x: torch.Tensor, world_size: int, group: dist.ProcessGroup 
     import torch.distributed.nn.functional as dist_fn
 
     return torch.cat(dist_fn.all_gather(x, group=group if group is not None else dist.group.WORLD), dim=0)
+
+
+ROW_CHUNK = 256  # rows of logits materialised at once (forward and backward)
+
+
+class _RowsCrossEntropy(torch.autograd.Function):
+    """mean_i CE(scale · q_i · keys^T, label offset+i); logits built ROW_CHUNK rows at a time and
+    recomputed in backward, so at most ROW_CHUNK x N of them (plus one temporary) are alive."""
+
+    @staticmethod
+    def forward(ctx: Any, q: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor, offset: int) -> torch.Tensor:
+        b = q.shape[0]
+        lse = torch.empty(b, dtype=q.dtype, device=q.device)
+        positives = torch.empty(b, dtype=q.dtype, device=q.device)
+        for s in range(0, b, ROW_CHUNK):
+            logits = (q[s : s + ROW_CHUNK] @ keys.T).mul_(scale)
+            rows = torch.arange(logits.shape[0], device=q.device)
+            positives[s : s + ROW_CHUNK] = logits[rows, rows + offset + s]
+            lse[s : s + ROW_CHUNK] = torch.logsumexp(logits, dim=1)
+            del logits
+        ctx.save_for_backward(q, keys, scale, lse)
+        ctx.offset = offset
+        return (lse - positives).mean()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        q, keys, scale, lse = ctx.saved_tensors
+        b = q.shape[0]
+        grad_q = torch.empty_like(q)
+        grad_keys = torch.zeros_like(keys)
+        grad_scale = torch.zeros((), dtype=q.dtype, device=q.device)
+        for s in range(0, b, ROW_CHUNK):
+            q_s = q[s : s + ROW_CHUNK]
+            raw = q_s @ keys.T  # unscaled: d loss / d scale = Σ dlogits · raw
+            rows = torch.arange(raw.shape[0], device=q.device)
+            probs = (raw * scale).sub_(lse[s : s + ROW_CHUNK, None]).exp_()  # softmax, in place
+            probs[rows, rows + ctx.offset + s] -= 1
+            probs.mul_(grad / b)  # now d loss / d logits
+            grad_scale += torch.vdot(probs.reshape(-1), raw.reshape(-1))
+            del raw
+            grad_q[s : s + ROW_CHUNK] = (probs @ keys).mul_(scale)
+            grad_keys.addmm_(probs.T, q_s, alpha=float(scale))
+            del probs
+        return grad_q, grad_keys, grad_scale, None
 
 
 def softmax_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, *,
@@ -38,7 +89,14 @@ def softmax_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scal
     all_image = gather_with_grad(image, world_size, group)
     all_text = gather_with_grad(text, world_size, group)
     b = image.shape[0]
-    labels = torch.arange(b, device=image.device) + rank * b
-    logits_i2t = logit_scale * image @ all_text.T  # B x N
-    logits_t2i = logit_scale * text @ all_image.T
-    return (F.cross_entropy(logits_i2t, labels) + F.cross_entropy(logits_t2i, labels)) / 2
+    scale = logit_scale.to(image.dtype)
+    i2t = _RowsCrossEntropy.apply(image, all_text, scale, rank * b)  # B x N logits, one at a time
+    t2i = _RowsCrossEntropy.apply(text, all_image, scale, rank * b)
+    return (i2t + t2i) / 2
+
+
+def naive_softmax_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """The full N x N reference on one process (tests and benchmarks)."""
+    logits = logit_scale * image @ text.T
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2

@@ -34,6 +34,7 @@ from clipray.losses.albef import (
 from clipray.models.albef.model import ALBEF
 from clipray.models.common.image import to_model_input
 from clipray.train.objectives import Objective, build_initial_model, objective_registry
+from clipray.train.parallel import Parallel
 
 
 class AlbefStep(nn.Module):
@@ -80,12 +81,12 @@ class AlbefObjective(Objective):
         self.mean, self.std = config.image.mean, config.image.std
         self.module = model.to(device)
         self.step_module = AlbefStep(self.module)
-        self.model = self.step_module
-        if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.step_module, device_ids=ids)
+        if config.train.parallel != "ddp" or config.train.micro_batches != 1:
+            raise ValueError("ALBEF trains with train.parallel=ddp and train.micro_batches=1 (its momentum "
+                             "queues and hard negatives are per step)")
+        # DDP wraps the whole step (online towers + fusion passes) so every loss syncs once.
+        self.parallel = Parallel(self.step_module, strategy="ddp", world_size=world_size, device=device)
+        self.model = self.parallel.model
         self.momentum = copy.deepcopy(self.module).requires_grad_(False).eval()
         dim = config.model.embed_dim
         self.image_queue = FeatureQueue(self.cfg.queue_size, dim, device)

@@ -7,12 +7,14 @@ in one process (unit tests, single-process baselines). The loop never imports `r
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+
+if TYPE_CHECKING:
+    from clipray.config import PipelineConfig
 
 Batch = dict[str, torch.Tensor]
 STATE_FILE = "state.pt"
@@ -24,7 +26,7 @@ class TrainContext(Protocol):
     device: torch.device
 
     def batches(self, epoch: int) -> Iterable[Batch]:
-        """This worker's batches for one epoch (uint8 images, int tokens)."""
+        """This worker's batches for one epoch (uint8 images, int tokens), from the data cursor on."""
         ...
 
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
@@ -33,6 +35,14 @@ class TrainContext(Protocol):
 
     def latest_state(self) -> dict[str, Any] | None:
         """The state of the latest complete checkpoint, or None on a fresh start."""
+        ...
+
+    def data_state(self) -> dict[str, Any] | None:
+        """Collective: the data cursor (what every worker consumed) to store in a checkpoint."""
+        ...
+
+    def load_data_state(self, state: dict[str, Any] | None) -> None:
+        """Resume the data from a checkpoint's cursor (before the first `batches` call)."""
         ...
 
 
@@ -76,51 +86,109 @@ class LocalContext:
             return load_state(self.checkpoint_dir)
         return None
 
+    def data_state(self) -> dict[str, Any] | None:
+        return None  # the batches callable owns its order; resume replays the epoch from its start
+
+    def load_data_state(self, state: dict[str, Any] | None) -> None:
+        pass
+
 
 class RayTrainContext:
-    """Inside a Ray Train worker: dataset shard, device and checkpoints from `ray.train`."""
+    """Inside a Ray Train worker: per-chunk datasets, device, checkpoints in a `CheckpointStore`.
 
-    def __init__(self, *, batch_size: int, local_shuffle_buffer: int = 0, seed: int = 0) -> None:
+    The data follows `clipray.data.order`: the driver's file list, a seeded plan of chunks per
+    epoch, one Ray Dataset per chunk split over the workers, and a cursor of consumed keys.
+    Checkpoints go to the run's storage path through `CheckpointStore` (commit markers, keep K);
+    `ray.train.report` stays the per-checkpoint barrier and carries the metrics to the controller.
+    """
+
+    def __init__(self, config: PipelineConfig, *, files: list[str], checkpoint_root: str,
+                 stats: Any = None) -> None:
         import ray.train
         import ray.train.torch
+
+        from clipray.data.order import EpochPlan
+        from clipray.train.checkpoint import CheckpointStore
 
         ctx = ray.train.get_context()
         self.rank = ctx.get_world_rank()
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
-        self.batch_size = batch_size
-        self.local_shuffle_buffer = local_shuffle_buffer
-        self.seed = seed
-        self._shard = ray.train.get_dataset_shard("train")
+        self.config = config
+        self.batch_size = config.train.local_batch_size(self.world_size)
+        d = config.data
+        self.seed = d.shuffle_seed if d.shuffle_seed is not None else config.train.seed
+        self.plan = EpochPlan(tuple(files), self.seed, d.chunk_files)
+        self.store = CheckpointStore(checkpoint_root, config.train.keep_checkpoints)
+        self.stats = stats
+        self._chunk: tuple[int, int] = (0, 0)
+        self._consumed: list[str] = []
+        self._resume: Any = None
 
     def batches(self, epoch: int) -> Iterator[Batch]:
+        from clipray.data.order import chunk_shuffle_seed
+
+        chunks = self.plan.chunks(epoch)
+        first, skip = 0, []
+        if self._resume is not None and self._resume.epoch == epoch:
+            first, skip = self._resume.chunk, self._resume.consumed
+        self._resume = None
+        for index in range(first, len(chunks)):
+            self._chunk, self._consumed = (epoch, index), []
+            shuffle_seed = chunk_shuffle_seed(self.seed, epoch, index)
+            for batch in self._chunk_batches(chunks[index], skip if index == first else [], shuffle_seed):
+                self._consumed.extend(batch["key"])  # type: ignore[arg-type]
+                yield batch
+        self._chunk, self._consumed = (epoch, len(chunks)), []
+
+    def _chunk_batches(self, files: list[str], skip: list[str], shuffle_seed: int) -> Iterator[Batch]:
+        """Rank 0 builds the chunk's dataset and splits it; every rank iterates its own shard."""
+        import torch.distributed as dist
+
+        from clipray.data.pipeline import build_dataset
         from clipray.train.collate import TrainCollate
 
-        # A fresh iterator per epoch: Ray Data iterators are single-use.
-        return iter(self._shard.iter_torch_batches(
+        shards: list[Any] = [None]
+        if self.rank == 0:
+            ds = build_dataset(self.config, train=True, stats=self.stats, files=files, skip_keys=skip)
+            shards = [ds.streaming_split(self.world_size, equal=True)] if self.world_size > 1 else [[ds]]
+        if self.world_size > 1:
+            dist.broadcast_object_list(shards, src=0)
+        shard = shards[0][self.rank]
+        buffer = self.config.data.local_shuffle_buffer
+        return iter(shard.iter_torch_batches(
             batch_size=self.batch_size,
             drop_last=True,  # equal step counts on every rank, or collectives deadlock
-            local_shuffle_buffer_size=self.local_shuffle_buffer or None,
-            local_shuffle_seed=(self.seed + epoch) if self.local_shuffle_buffer else None,
+            local_shuffle_buffer_size=buffer or None,
+            local_shuffle_seed=shuffle_seed if buffer else None,
             collate_fn=TrainCollate(),  # tensors move to the device in the objective
             prefetch_batches=2,
         ))
 
+    def data_state(self) -> dict[str, Any] | None:
+        import torch.distributed as dist
+
+        from clipray.data.order import DataCursor, merge_consumed
+
+        per_rank: list[Any] = [None] * self.world_size
+        if self.world_size > 1:
+            dist.all_gather_object(per_rank, self._consumed)
+        else:
+            per_rank = [self._consumed]
+        epoch, chunk = self._chunk
+        return DataCursor(epoch=epoch, chunk=chunk, consumed=merge_consumed(per_rank), seed=self.seed).to_dict()
+
+    def load_data_state(self, state: dict[str, Any] | None) -> None:
+        from clipray.data.order import DataCursor
+
+        self._resume = DataCursor.from_dict(state)
+
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         import ray.train
 
-        if state is None:
-            ray.train.report(metrics)
-            return
-        with tempfile.TemporaryDirectory(prefix="clipray-ckpt-") as tmp:
-            save_state(state, tmp)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        if state is not None:
+            self.store.save(state, int(state["step"]))
+        ray.train.report(metrics)  # a barrier: no rank runs ahead of a checkpoint being written
 
     def latest_state(self) -> dict[str, Any] | None:
-        import ray.train
-
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            return None
-        with checkpoint.as_directory() as d:
-            return load_state(d)
+        return self.store.load()

@@ -81,8 +81,8 @@ def _worker_entry(loop_config: dict[str, Any]) -> None:
     config = load_config(data=loop_config["config"])
     tc = config.train
     torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
-    ctx = RayTrainContext(batch_size=config.per_worker_batch_size,
-                          local_shuffle_buffer=config.data.local_shuffle_buffer, seed=tc.seed)
+    ctx = RayTrainContext(config, files=loop_config["files"], checkpoint_root=loop_config["checkpoint_root"],
+                          stats=loop_config.get("stats"))
     tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["run_id"]) if ctx.rank == 0 else NullTracker()
     train_loop(config, ctx, tracker, init_model=loop_config.get("init_model"))
 
@@ -98,8 +98,10 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from clipray.data.pipeline import build_dataset, resolve_source
+    from clipray.data.pipeline import resolve_source
     from clipray.data.stats import stats_actor
+    from clipray.train.callbacks import RestartTracker
+    from clipray.train.checkpoint import CheckpointStore
 
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     experiment = config.tracking.experiment or config.name
@@ -111,50 +113,65 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
     status = "FAILED"
     try:
         log_config(tracker, config)
-        source = resolve_source(config)  # S3 access and schemas checked before Ray starts
+        source = resolve_source(config)  # S3 access, partitions and schemas checked before Ray starts
         log_parameter_counts(tracker, config.model)
         init_ray(config)
         stats = stats_actor()
-        dataset = build_dataset(config, train=True, stats=stats, resolved=source)
         tc = config.train
+        name = f"{config.name}-{tracker.run_id[:8]}"
+        # The workers build one dataset per chunk of this file list (clipray.data.order).
+        files = source.files
+        checkpoint_root = f"{storage_path(config).rstrip('/')}/{name}/checkpoints"
+        tracker.set_tags({"clipray.checkpoints": checkpoint_root})
+        tracker.log_metrics({"train/restarts": 0.0}, step=0)
+        lo, hi = tc.worker_range
         trainer = TorchTrainer(
             _worker_entry,
             train_loop_config={"config": to_dict(config), "tracking_uri": tracking_uri, "run_id": tracker.run_id,
-                               "init_model": init_model},
+                               "init_model": init_model,
+                               "files": files, "checkpoint_root": checkpoint_root, "stats": stats},
             scaling_config=ray.train.ScalingConfig(
-                num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
+                num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,
+                resources_per_worker={"CPU": tc.cpus_per_worker},
             ),
             run_config=ray.train.RunConfig(
-                name=f"{config.name}-{tracker.run_id[:8]}",
+                name=name,
                 storage_path=storage_path(config),
                 failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                callbacks=[RestartTracker(tracking_uri, tracker.run_id)],
             ),
-            datasets={"train": dataset},
         )
         started = time.monotonic()
         from clipray.tracking.artifacts import system_metrics
 
         with system_metrics(tracking_uri, tracker.run_id):
             result = trainer.fit()
+        if result.error is not None:
+            raise result.error
         train_s = time.monotonic() - started
         data = ray.get(stats.snapshot.remote())
         metrics = data_metrics(data, train_s)
-        checkpoint_path = result.checkpoint.path if result.checkpoint else None
-        if config.eval.zeroshot_source and result.checkpoint is not None:
-            metrics.update(evaluate_checkpoint(config, result.checkpoint))
+        store = CheckpointStore(checkpoint_root, tc.keep_checkpoints)
+        last = store.latest()
+        checkpoint_path = store.path(last) if last is not None else None
+        final_state = store.load(last) if last is not None else None
+        if config.eval.zeroshot_source and final_state is not None:
+            metrics.update(evaluate_state(config, final_state))
         tracker.log_metrics(metrics, step=tc.steps)
         out = TrainResult(tracker.run_id, tracking_uri, experiment, checkpoint_path, metrics, data)
-        if result.checkpoint is not None:
+        if final_state is not None:
             from clipray.tracking.publish import publish_run
 
-            published = publish_run(tracker, config, checkpoint_model_state(result.checkpoint),
+            published = publish_run(tracker, config, final_state["objective"]["model"],
                                     version_tags={**(version_tags or {}), **{k: str(v) for k, v in metrics.items()
                                                                              if k.startswith("eval/")}})
             out.model_uri, out.model_name, out.model_version = (published.model_uri, published.name,
                                                                 published.version)
         status = "FINISHED"
         return out
+    except BaseException as e:
+        tracker.set_tags({"clipray.error": f"{type(e).__name__}: {e}"[:4000]})
+        raise
     finally:
         tracker.close(status)
 
@@ -170,20 +187,10 @@ def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
     return out
 
 
-def checkpoint_model_state(checkpoint: Any) -> dict[str, Any]:
-    from clipray.train.context import load_state
-
-    with checkpoint.as_directory() as d:
-        return load_state(d)["objective"]["model"]
-
-
-def evaluate_checkpoint(config: PipelineConfig, checkpoint: Any) -> dict[str, float]:
+def evaluate_state(config: PipelineConfig, state: Any) -> dict[str, float]:
     from clipray.eval.zeroshot import load_zeroshot_task, zero_shot_eval
     from clipray.models import build_model
-    from clipray.train.context import load_state
 
-    with checkpoint.as_directory() as d:
-        state = load_state(d)
     model = build_model(config.model)
     model.load_state_dict(state["objective"]["model"])
     return zero_shot_eval(model, config, load_zeroshot_task(config))

@@ -19,37 +19,47 @@ import torch.distributed as dist
 from clipray.config import PipelineConfig, to_dict
 from clipray.tracking import NullTracker, Tracker
 from clipray.train.context import TrainContext
+from clipray.train.durable import DurableTracker, SampleLog
+from clipray.train.faults import maybe_die
 from clipray.train.objectives import build_objective
 from clipray.train.optim import build_optimizer, build_scheduler
+from clipray.train.parallel import clip_grad_norm
 
 
 def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | None = None,
                init_model: dict[str, Any] | None = None) -> dict[str, float]:
     """Train until `config.train.steps`; returns the last logged metrics.
 
-    `init_model` warm-starts the model weights (not the optimizer) when there is no checkpoint.
+    Metrics reach `tracker` once the checkpoint covering their step is committed
+    (`DurableTracker`), so a restart never logs a step twice. `init_model` warm-starts the model
+    weights (not the optimizer) when there is no checkpoint.
     """
     tc = config.train
-    tracker = tracker or NullTracker()
+    tracker = DurableTracker(tracker or NullTracker())
+    samples = SampleLog(tc.sample_log, ctx.rank) if tc.sample_log else None
     torch.manual_seed(tc.seed)  # same initial weights on every rank
     objective = build_objective(config, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
     optimizer = build_optimizer(objective.module, config.optim)
     scheduler = build_scheduler(optimizer, config.optim, tc.steps)
-    step, epoch = 0, 0
+    step, epoch, resumed_epoch = 0, 0, None
     state = ctx.latest_state()
     if state is not None:
         objective.load_state_dict(state["objective"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step, epoch = state["step"], state["epoch"]
+        objective.load_optimizer_state_dict(optimizer, state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])  # the LR schedule continues from the step
+        step, epoch, resumed_epoch = state["step"], state["epoch"], state["epoch"]
         _set_rng(state["rng"])
+        ctx.load_data_state(state.get("data"))
     elif init_model is not None:
         objective.module.load_state_dict(init_model)
     if ctx.rank == 0:
         _say(f"training {config.model.family} from step {step} to {tc.steps} on {ctx.world_size} worker(s), "
              f"{ctx.device}")
     objective.train()
-    autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
     metrics: dict[str, float] = {}
     last = time.perf_counter()
     first_step, loop_start = step, last  # for the ETA
@@ -57,15 +67,15 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
         seen = 0
         for batch in ctx.batches(epoch):
             seen += 1
-            with autocast:
-                losses, report = objective(batch)
             optimizer.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(objective.parameters(), tc.grad_clip or float("inf"))
+            losses, report = objective.forward_backward(batch, autocast)
+            grad_norm = clip_grad_norm(objective.parameters(), tc.grad_clip)
             optimizer.step()
             scheduler.step()
             objective.after_step()
             step += 1
+            if samples is not None:
+                samples.write(step, epoch, batch.get("key", []))  # type: ignore[arg-type]
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
                 metrics = _metrics(losses, report, ctx, optimizer, grad_norm,
@@ -76,14 +86,16 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
                     eta = (now - loop_start) / (step - first_step) * (tc.steps - step)
                     _say(f"step {step}/{tc.steps} loss {metrics['train/loss']:.4f} lr {metrics['train/lr']:.2e} "
                          f"{metrics['train/samples_per_s']:.0f} samples/s ETA {int(eta) // 60}m{int(eta) % 60:02d}s")
+            maybe_die("step", step=step, rank=ctx.rank)
             if step % tc.checkpoint_every == 0 or step == tc.steps:
-                state = _state(objective, optimizer, scheduler, step, epoch, config) if ctx.rank == 0 else None
-                ctx.report({"step": step, **metrics}, state)
+                full = _state(objective, optimizer, scheduler, step, epoch, config, ctx.data_state())
+                ctx.report({"step": step, **metrics}, full if ctx.rank == 0 else None)
+                tracker.flush()
             if step >= tc.steps:
                 break
-        if seen == 0:
+        if seen == 0 and epoch != resumed_epoch:
             raise RuntimeError(f"epoch {epoch} yielded no batch: the dataset has fewer rows than one "
-                               f"batch per worker ({config.per_worker_batch_size})")
+                               f"batch per worker ({tc.local_batch_size(ctx.world_size)})")
         epoch += 1
     return metrics
 
@@ -111,10 +123,12 @@ def _metrics(losses: dict[str, torch.Tensor], report: dict[str, float], ctx: Tra
 
 
 def _state(objective: Any, optimizer: torch.optim.Optimizer, scheduler: Any, step: int, epoch: int,
-           config: PipelineConfig) -> dict[str, Any]:
+           config: PipelineConfig, data: dict[str, Any] | None) -> dict[str, Any]:
+    """Called on every rank (a collective under FSDP); only rank 0's result is written."""
     return {
         "objective": objective.state_dict(),
-        "optimizer": optimizer.state_dict(),
+        "optimizer": objective.optimizer_state_dict(optimizer),
+        "data": data,
         "scheduler": scheduler.state_dict(),
         "step": step,
         "epoch": epoch,

@@ -6,6 +6,7 @@ and their state_dict. The training loop is the same for every family.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,10 +14,12 @@ import torch
 from torch import nn
 
 from clipray.config import PipelineConfig
-from clipray.losses import softmax_contrastive_loss
+from clipray.losses import sigmoid_contrastive_loss, softmax_contrastive_loss
 from clipray.models import build_model
 from clipray.models.common.image import to_model_input
 from clipray.registry import Registry
+from clipray.train.gradcache import cached_backward, split_batch
+from clipray.train.parallel import Parallel, apply_memory_switches
 
 objective_registry: Registry[Callable[..., Objective]] = Registry(
     "objective", lazy_modules=["clipray.train.albef_objective"]
@@ -24,22 +27,29 @@ objective_registry: Registry[Callable[..., Objective]] = Registry(
 
 
 class Objective:
-    """Base: holds `model` (DDP-wrapped when world_size > 1) and the distributed context."""
+    """Base: holds `model` (DDP- or FSDP-wrapped when world_size > 1) and the distributed context."""
 
-    def __init__(self, model: nn.Module, *, rank: int, world_size: int, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, *, rank: int, world_size: int, device: torch.device,
+                 parallel: str = "ddp") -> None:
         self.rank = rank
         self.world_size = world_size
         self.device = device
         self.module = model.to(device)
-        self.model: nn.Module = self.module
-        if world_size > 1:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [device] if device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.module, device_ids=ids)
+        self.parallel = Parallel(self.module, strategy=parallel, world_size=world_size, device=device)
+        self.model: nn.Module = self.parallel.model
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         raise NotImplementedError
+
+    def forward_backward(self, batch: dict[str, torch.Tensor],
+                         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Losses of one step with their gradients accumulated into the parameters."""
+        with autocast():
+            losses, report = self(batch)
+        losses["loss"].backward()
+        self.parallel.sync_replicated_grads()
+        return losses, report
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.module.parameters())
@@ -51,29 +61,83 @@ class Objective:
         self.model.train(mode)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"model": self.module.state_dict()}
+        """Collective under FSDP: every rank calls it."""
+        return {"model": self.parallel.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.module.load_state_dict(state["model"])
+        self.parallel.load_state_dict(state["model"])
+
+    def optimizer_state_dict(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        return self.parallel.optimizer_state_dict(optimizer)
+
+    def load_optimizer_state_dict(self, optimizer: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+        self.parallel.load_optimizer_state_dict(optimizer, state)
 
 
 class ContrastiveObjective(Objective):
-    """CLIP-style: normalised image/text embeddings, sharded softmax contrastive loss."""
+    """CLIP-style: normalised image/text embeddings, sharded softmax or ring sigmoid loss.
+
+    With train.micro_batches > 1 the step uses gradient caching (`clipray.train.gradcache`): the
+    loss is that of the whole local batch, its gradient exact, its activation memory that of
+    one micro-batch.
+    """
 
     def __init__(self, config: PipelineConfig, *, rank: int, world_size: int, device: torch.device) -> None:
-        super().__init__(build_initial_model(config), rank=rank, world_size=world_size, device=device)
+        tc = config.train
+        model = build_initial_model(config)
+        if tc.loss == "sigmoid" and getattr(model, "logit_bias", None) is None:
+            raise ValueError("train.loss=sigmoid needs a learnable bias: set model.init_logit_bias (SigLIP uses -10 "
+                             "with model.init_logit_scale 10)")
+        apply_memory_switches(model, grad_checkpointing=tc.grad_checkpointing, compile=tc.compile)
+        super().__init__(model, rank=rank, world_size=world_size, device=device, parallel=tc.parallel)
         self.mean, self.std = config.image.mean, config.image.std
+        self.loss_kind = tc.loss
+        self.micro_batches = tc.micro_batches
         self.text_pixels = config.text.kind == "pixels"  # CLIPPO: rendered alt-text in batch["text_image"]
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_model_input(batch["image"].to(self.device, non_blocking=True), self.mean, self.std)
         if self.text_pixels:
             text = to_model_input(batch["text_image"].to(self.device, non_blocking=True), self.mean, self.std)
         else:
             text = batch["tokens"].to(self.device, non_blocking=True).long()
-        image_emb, text_emb, scale = self.model(images, text)
-        loss = softmax_contrastive_loss(image_emb, text_emb, scale, rank=self.rank, world_size=self.world_size)
-        return {"loss": loss}, {"logit_scale": float(scale.detach())}
+        return images, text
+
+    def loss(self, image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        if self.loss_kind == "sigmoid":
+            bias = self.module.logit_bias
+            return sigmoid_contrastive_loss(image_emb, text_emb, scale, bias, rank=self.rank,
+                                            world_size=self.world_size)
+        return softmax_contrastive_loss(image_emb, text_emb, scale, rank=self.rank, world_size=self.world_size)
+
+    def _report(self, scale: torch.Tensor) -> dict[str, float]:
+        out = {"logit_scale": float(scale.detach())}
+        if self.loss_kind == "sigmoid":
+            out["logit_bias"] = float(self.module.logit_bias.detach())
+        return out
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        image_emb, text_emb, scale = self.model(*self._inputs(batch))
+        return {"loss": self.loss(image_emb, text_emb, scale)}, self._report(scale)
+
+    def forward_backward(self, batch: dict[str, torch.Tensor],
+                         autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        if self.micro_batches == 1:
+            return super().forward_backward(batch, autocast)
+        scale = self.module.logit_scale.exp()
+        bias = getattr(self.module, "logit_bias", None)
+        extra = [p for p in (self.module.logit_scale, bias) if p is not None]
+
+        def encode(micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            image_emb, text_emb, _ = self.model(*self._inputs(micro))
+            return image_emb, text_emb, sum(p.sum() for p in extra)  # type: ignore[return-value]
+
+        loss = cached_backward(encode, split_batch(batch, self.micro_batches),
+                               lambda img, txt: self.loss(img, txt, scale),
+                               no_sync=self.parallel.no_sync, forward_context=autocast)
+        self.parallel.sync_replicated_grads()
+        return {"loss": loss}, self._report(scale)
 
     def after_step(self) -> None:
         self.module.clamp_logit_scale()  # type: ignore[operator]

@@ -32,6 +32,9 @@ class CLIP(nn.Module):
         self._text = [text]  # not a submodule: its parameters are registered above
         self.logit_scale = nn.Parameter(torch.tensor(math.log(config.init_logit_scale)))
         self.max_log_scale = math.log(config.max_logit_scale)
+        # SigLIP's learnable bias; absent for softmax models, so their state dict is OpenAI's.
+        self.logit_bias = (nn.Parameter(torch.tensor(float(config.init_logit_bias)))
+                           if config.init_logit_bias is not None else None)
 
     @property
     def text(self) -> TextTransformer:
@@ -57,7 +60,8 @@ class CLIP(nn.Module):
     def parameter_counts(self) -> dict[str, int]:
         vision = sum(p.numel() for p in self.visual.parameters())
         total = sum(p.numel() for p in self.parameters())
-        return {"vision": vision, "text": total - vision - 1, "total": total}
+        scalars = 1 if self.logit_bias is None else 2
+        return {"vision": vision, "text": total - vision - scalars, "total": total}
 
     def to_openai_state_dict(self) -> dict[str, torch.Tensor]:
         """The weights in OpenAI's / open_clip's key layout (clipray's own layout is the same)."""

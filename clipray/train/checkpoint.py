@@ -1,0 +1,99 @@
+"""Checkpoints under the run's storage path (local or s3://), atomic by a commit marker.
+
+Layout: `<root>/step_00000012/state.pt` then `<root>/step_00000012/COMMITTED`, written last.
+Object stores have no atomic rename, so completeness is the marker, not the directory: a crash
+mid-write leaves a directory without it, which `latest()` never chooses (and `prune` removes).
+The newest `keep` committed checkpoints are kept.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from typing import Any
+
+import torch
+
+from clipray.train.faults import maybe_die
+
+MARKER = "COMMITTED"
+STATE = "state.pt"
+_DIR = re.compile(r"^step_(\d{8,})$")
+
+
+def _filesystem(root: str) -> tuple[Any, str]:
+    from pyarrow import fs
+
+    if root.startswith("s3://"):
+        import os
+
+        from clipray.data.sources import resolve
+
+        endpoint = os.environ.get("AWS_ENDPOINT_URL")
+        _, filesystem = resolve(root, endpoint)
+        return filesystem, root.removeprefix("s3://").rstrip("/")
+    local = fs.LocalFileSystem()
+    return local, str(root).rstrip("/")
+
+
+class CheckpointStore:
+    """Save, find and prune training states under `root`."""
+
+    def __init__(self, root: str, keep: int = 2) -> None:
+        if keep <= 0:
+            raise ValueError(f"train.keep_checkpoints must be positive, got {keep}")
+        self.root = root
+        self.keep = keep
+        self.fs, self.base = _filesystem(root)
+
+    def _steps(self, committed: bool = True) -> list[int]:
+        from pyarrow import fs
+
+        infos = self.fs.get_file_info(fs.FileSelector(self.base, allow_not_found=True))
+        steps = []
+        for info in infos:
+            m = _DIR.match(info.base_name)
+            if not m or info.type != fs.FileType.Directory:
+                continue
+            if committed and self.fs.get_file_info(f"{info.path}/{MARKER}").type != fs.FileType.File:
+                continue
+            steps.append(int(m.group(1)))
+        return sorted(steps)
+
+    def path(self, step: int) -> str:
+        return f"{self.base}/step_{step:08d}"
+
+    def save(self, state: dict[str, Any], step: int) -> str:
+        """Write `state` for `step`, commit it, drop old ones; returns the checkpoint directory."""
+        d = self.path(step)
+        self.fs.create_dir(d, recursive=True)
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with self.fs.open_output_stream(f"{d}/{STATE}") as f:
+            f.write(buf.getvalue())
+        maybe_die("checkpoint_commit", step=step)  # tests: a crash between data and marker
+        with self.fs.open_output_stream(f"{d}/{MARKER}") as f:
+            f.write(json.dumps({"step": step, "bytes": buf.tell()}).encode())
+        self.prune()
+        return d
+
+    def latest(self) -> int | None:
+        steps = self._steps()
+        return steps[-1] if steps else None
+
+    def load(self, step: int | None = None) -> dict[str, Any] | None:
+        step = self.latest() if step is None else step
+        if step is None:
+            return None
+        with self.fs.open_input_file(f"{self.path(step)}/{STATE}") as f:
+            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+
+    def prune(self) -> None:
+        """Keep the newest `keep` committed checkpoints; remove uncommitted ones older than them."""
+        committed = self._steps()
+        keep = set(committed[-self.keep :])
+        newest = max(keep, default=-1)
+        for step in self._steps(committed=False):
+            if step not in keep and step < newest:
+                self.fs.delete_dir(self.path(step))
