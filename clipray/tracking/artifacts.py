@@ -98,13 +98,11 @@ def log_sample_batch(tracker: Any, config: PipelineConfig, n: int = 8) -> None:
 def zero_shot_confusion(model: Any, config: PipelineConfig) -> tuple[np.ndarray, list[str]]:
     import torch
 
-    from clipray.eval.zeroshot import class_weights, embed_images, load_zeroshot_task
-    from clipray.text import load_tokenizer
+    from clipray.eval.zeroshot import class_weights, embed_images, load_zeroshot_task, text_encoder_input
 
     task = load_zeroshot_task(config)
     device = torch.device("cpu")
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
-    weights = class_weights(model, tokenizer, task.classes, task.templates, device)
+    weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
     pred = (embed_images(model, task.images, config, device) @ weights.T).argmax(-1).numpy()
     c = len(task.classes)
     confusion = np.zeros((c, c), dtype=np.int64)
