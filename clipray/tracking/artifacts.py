@@ -98,7 +98,12 @@ def log_sample_batch(tracker: Any, config: PipelineConfig, n: int = 8) -> None:
 def zero_shot_confusion(model: Any, config: PipelineConfig) -> tuple[np.ndarray, list[str]]:
     import torch
 
-    from clipray.eval.zeroshot import class_weights, embed_images, load_zeroshot_task, text_encoder_input
+    from clipray.eval.zeroshot import (
+        class_weights,
+        embed_images,
+        load_zeroshot_task,
+        text_encoder_input,
+    )
 
     task = load_zeroshot_task(config)
     device = torch.device("cpu")
