@@ -129,6 +129,8 @@ def train(config: PipelineConfig) -> TrainResult:
         data = ray.get(stats.snapshot.remote())
         metrics = data_metrics(data, train_s)
         checkpoint_path = result.checkpoint.path if result.checkpoint else None
+        if checkpoint_path:  # where `clipray eval --model RUN_ID` finds the weights
+            tracker.set_tags({"clipray.checkpoint": _checkpoint_uri(result.checkpoint)})
         if config.eval.zeroshot_source and result.checkpoint is not None:
             metrics.update(evaluate_checkpoint(config, result.checkpoint))
         tracker.log_metrics(metrics, step=tc.steps)
@@ -149,8 +151,16 @@ def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
     return out
 
 
+def _checkpoint_uri(checkpoint: Any) -> str:
+    """Local path, or scheme://path when the checkpoint lives on a remote filesystem."""
+    fs = getattr(checkpoint, "filesystem", None)
+    scheme = fs.type_name if fs is not None else "local"
+    return checkpoint.path if scheme == "local" else f"{scheme}://{checkpoint.path}"
+
+
 def evaluate_checkpoint(config: PipelineConfig, checkpoint: Any) -> dict[str, float]:
-    from clipray.eval.zeroshot import load_zeroshot_task, zero_shot_eval
+    from clipray.eval.suite import evaluate_in_process
+    from clipray.eval.zeroshot import load_zeroshot_task
     from clipray.models import build_model
     from clipray.train.context import load_state
 
@@ -158,4 +168,4 @@ def evaluate_checkpoint(config: PipelineConfig, checkpoint: Any) -> dict[str, fl
         state = load_state(d)
     model = build_model(config.model)
     model.load_state_dict(state["objective"]["model"])
-    return zero_shot_eval(model, config, load_zeroshot_task(config))
+    return evaluate_in_process(model, config, load_zeroshot_task(config))

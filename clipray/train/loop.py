@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from clipray.config import PipelineConfig, to_dict
+from clipray.eval.periodic import PeriodicEval
 from clipray.tracking import NullTracker, Tracker
 from clipray.train.context import TrainContext
 from clipray.train.objectives import build_objective
@@ -45,6 +46,7 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
     objective.train()
     autocast = torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
     metrics: dict[str, float] = {}
+    periodic_eval = PeriodicEval(config, ctx.rank)
     last = time.perf_counter()
     while step < tc.steps:
         seen = 0
@@ -68,6 +70,8 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
                 if ctx.rank == 0 and (step % max(tc.log_every, 10) == 0 or step == tc.steps):
                     _say(f"step {step}/{tc.steps} loss {metrics['train/loss']:.4f} lr {metrics['train/lr']:.2e} "
                          f"{metrics['train/samples_per_s']:.0f} samples/s")
+            if periodic_eval.due(step):
+                tracker.log_metrics(periodic_eval(objective.module, ctx.device), step)
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 state = _state(objective, optimizer, scheduler, step, epoch, config) if ctx.rank == 0 else None
                 ctx.report({"step": step, **metrics}, state)
