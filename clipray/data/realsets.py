@@ -62,7 +62,7 @@ def write_digits(out: str | Path, *, image_size: int = 32, eval_fraction: float 
     is_eval = np.zeros(len(labels), dtype=bool)
     for c in range(10):  # stratified: the same share of every class is held out
         idx = rng.permutation(np.flatnonzero(labels == c))
-        is_eval[idx[: int(round(len(idx) * eval_fraction))]] = True
+        is_eval[idx[: round(len(idx) * eval_fraction)]] = True
     out = Path(out)
 
     def table(idx: np.ndarray, captions: list[str]) -> pa.Table:

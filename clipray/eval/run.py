@@ -26,7 +26,13 @@ import pyarrow.parquet as pq
 import torch
 
 from clipray.eval.embed import EmbedOptions, collect, embed_dataset, embeddings
-from clipray.eval.loading import CHECKPOINT_TAG, ModelSource, build_loaded_model, load_state_dict, resolve_model
+from clipray.eval.loading import (
+    CHECKPOINT_TAG,
+    ModelSource,
+    build_loaded_model,
+    load_state_dict,
+    resolve_model,
+)
 from clipray.eval.suite import compute_metrics, text_encoder
 from clipray.eval.zeroshot import load_classes, parquet_files
 
