@@ -36,8 +36,8 @@ class ZeroShotTask:
 
 def load_classes(source: str, classes_file: str | None = None) -> tuple[list[str], list[str]]:
     """Class names and prompt templates from `classes_file`, default `classes.json` beside `source`."""
-    path = Path(classes_file) if classes_file else (Path(source) if Path(source).is_dir() else
-                                                     Path(source).parent) / "classes.json"
+    src = Path(source)
+    path = Path(classes_file) if classes_file else (src.parent if src.suffix == ".parquet" else src) / "classes.json"
     if not path.exists():
         raise FileNotFoundError(f"zero-shot classes file not found: {path}")
     meta = json.loads(path.read_text())

@@ -111,7 +111,8 @@ def train(config: PipelineConfig) -> TrainResult:
         tc = config.train
         trainer = TorchTrainer(
             _worker_entry,
-            train_loop_config={"config": to_dict(config), "tracking_uri": tracking_uri, "run_id": tracker.run_id},
+            train_loop_config={"config": _worker_config(config), "tracking_uri": tracking_uri,
+                               "run_id": tracker.run_id},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=tc.num_workers, use_gpu=tc.use_gpu, resources_per_worker={"CPU": tc.cpus_per_worker}
             ),
@@ -138,6 +139,16 @@ def train(config: PipelineConfig) -> TrainResult:
         return TrainResult(tracker.run_id, tracking_uri, experiment, checkpoint_path, metrics, data)
     finally:
         tracker.close(status)
+
+
+def _worker_config(config: PipelineConfig) -> dict[str, Any]:
+    """The config for the workers, local evaluation paths made absolute (workers run in another cwd)."""
+    raw = to_dict(config)
+    for key in ("zeroshot_source", "classes_file"):
+        value = raw["eval"].get(key)
+        if value and "://" not in value:
+            raw["eval"][key] = str(Path(value).resolve())
+    return raw
 
 
 def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
