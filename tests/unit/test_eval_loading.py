@@ -28,7 +28,7 @@ def test_checkpoint_directory_gives_config_step_and_weights(tmp_path: Path):
 
 
 def test_bad_model_references_name_the_cause(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="no state.pt"):
+    with pytest.raises(FileNotFoundError, match=r"no state\.pt"):
         resolve_model(str(tmp_path))
     with pytest.raises(ValueError, match="registered-model URIs"):
         resolve_model("models:/clip/1")
