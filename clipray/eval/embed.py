@@ -94,9 +94,9 @@ class TextEmbedder(_Embedder):
     def __init__(self, config: dict[str, Any], state_ref: Any, passthrough: tuple[str, ...] = ("key",),
                  text_column: str = "caption") -> None:
         super().__init__(config, state_ref, passthrough)
-        from clipray.text import load_tokenizer
+        from clipray.eval.zeroshot import text_encoder_input
 
-        self.tokenizer = load_tokenizer(self.config.text.tokenizer, self.config.model.text.context_length)
+        self.to_input = text_encoder_input(self.config)  # token ids, or rendered pixels (CLIPPO)
         self.text_column = text_column
 
     def __call__(self, batch: Batch) -> pa.Table:
@@ -105,8 +105,8 @@ class TextEmbedder(_Embedder):
 
         texts = [str(t) for t in batch[self.text_column]]
         with torch.no_grad():
-            ids = torch.from_numpy(self.tokenizer(texts)).long().to(self.device)
-            emb = F.normalize(self.model.encode_text(ids).float(), dim=-1).cpu().numpy()
+            inputs = self.to_input(texts).to(self.device)
+            emb = F.normalize(self.model.encode_text(inputs).float(), dim=-1).cpu().numpy()
         return self._output(batch, emb)
 
 

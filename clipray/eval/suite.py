@@ -17,8 +17,13 @@ import torch.nn.functional as F
 from clipray.config import PipelineConfig
 from clipray.eval.gap import modality_gap
 from clipray.eval.retrieval import caption_groups, retrieval_metrics
-from clipray.eval.zeroshot import ZeroShotTask, class_weights, embed_images, zero_shot_metrics
-from clipray.text import load_tokenizer
+from clipray.eval.zeroshot import (
+    ZeroShotTask,
+    class_weights,
+    embed_images,
+    text_encoder_input,
+    zero_shot_metrics,
+)
 
 TextEncoder = Callable[[list[str]], torch.Tensor]  # texts -> L2-normalised embeddings (N, D)
 
@@ -43,14 +48,14 @@ def compute_metrics(image_emb: torch.Tensor, labels: np.ndarray | Sequence[int],
 
 def text_encoder(model: Any, config: PipelineConfig, device: torch.device | str = "cpu",
                  batch_size: int = 256) -> TextEncoder:
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
+    to_input = text_encoder_input(config)  # token ids, or rendered pixels for text.kind: pixels
 
     @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:
         out = []
         for i in range(0, len(texts), batch_size):
-            ids = torch.from_numpy(tokenizer(texts[i : i + batch_size])).long().to(device)
-            out.append(F.normalize(model.encode_text(ids).float(), dim=-1))
+            inputs = to_input(texts[i : i + batch_size]).to(device)
+            out.append(F.normalize(model.encode_text(inputs).float(), dim=-1))
         return torch.cat(out)
 
     return encode
