@@ -51,7 +51,7 @@ def test_digits_zero_shot_on_held_out_images_well_above_chance(run_env, tmp_path
     assert info["eval_rows"] == 450 and info["train_rows"] == 1347
     config = load_config(ROOT / "pipelines/tiny/clip-digits.yaml", [
         f"data.source={tmp_path / 'digits/train'}", f"eval.zeroshot_source={tmp_path / 'digits/eval'}",
-        "train.steps=100", "eval.every_steps=null"])
+        "train.steps=100", "train.num_workers=1", "eval.every_steps=null"])
     torch.set_num_threads(1)
     ckpt = tmp_path / "ckpt"
     train_loop(config, LocalContext(_batches(config, config.train.global_batch_size), checkpoint_dir=str(ckpt)))
