@@ -117,11 +117,11 @@ def embed_dataset(config: PipelineConfig, state_dict: dict[str, Any], source: st
     import ray
     from ray.data import ActorPoolStrategy
 
-    from clipray.data.sources import read_parquet
+    from clipray.data.sources import read_parquet, resolve
 
     if modality not in ("image", "text"):
         raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
-    ds = read_parquet(source, columns=columns, endpoint_url=config.data.endpoint_url)
+    ds = read_parquet(resolve(source, config.data.endpoint_url), columns=columns)
     state_ref = ray.put(state_dict)
     cls: type[_Embedder] = ImageEmbedder if modality == "image" else TextEmbedder
     kwargs: dict[str, Any] = {"passthrough": passthrough}
