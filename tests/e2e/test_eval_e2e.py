@@ -36,8 +36,9 @@ def test_digits_train_then_eval_zero_shot_well_above_chance(run_env, tmp_path: P
     client = MlflowClient(tracking_uri=uri)
     checkpoint = client.get_run(run_id).data.tags["clipray.checkpoint"]
     assert (Path(checkpoint) / "state.pt").exists()
-    # Periodic evaluation (eval.every_steps: 60) logged the same metrics during training.
-    assert [m.step for m in client.get_metric_history(run_id, "eval/t2i_r1")] == [60, 120]
+    # Periodic evaluation (eval.every_steps: 60) logged the same metrics during training; the
+    # end-of-run evaluation logs them at the last step too.
+    assert sorted({m.step for m in client.get_metric_history(run_id, "eval/t2i_r1")}) == [60, 120]
 
     proc = run_clipray("eval", "--model", run_id, "--data", str(tmp_path / "digits/eval"), "--json",
                        env=run_env, cwd=tmp_path)
