@@ -66,6 +66,9 @@ def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
         except MlflowException as e:
             raise FileNotFoundError(f"run {run_id}: no config.yaml artifact ({e})") from e
         config = load_config(data=yaml.safe_load(Path(local).read_text()))
+    if "://" not in checkpoint and (Path(checkpoint) / STATE_FILE).exists():
+        # config.yaml masks values whose key looks secret (text.tokenizer); the checkpoint's copy is unmasked.
+        config = _config_from_state(load_state(checkpoint), checkpoint)
     step = int(run.data.metrics.get("train/step", 0)) or config.train.steps
     return ModelSource(config, checkpoint, run_id, step)
 
