@@ -261,6 +261,11 @@ class EvalConfig:
     zeroshot_source: str | None = None  # parquet of labelled images (columns jpg, label)
     classes_file: str | None = None  # JSON {"classes": [...], "templates": [...]}; default beside the source
     batch_size: int = 256
+    every_steps: int | None = None  # evaluate on rank 0 every N optimizer steps (None = only at the end)
+
+    def __post_init__(self) -> None:
+        if self.every_steps is not None and self.every_steps <= 0:
+            raise ValueError(f"eval.every_steps must be positive or null, got {self.every_steps}")
 
 
 @dataclass(kw_only=True)

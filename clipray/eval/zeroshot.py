@@ -31,32 +31,51 @@ class ZeroShotTask:
     labels: np.ndarray  # int (N,)
     classes: list[str]
     templates: list[str]
+    captions: list[str] | None = None  # per image, for retrieval and the modality gap
+
+
+def load_classes(source: str, classes_file: str | None = None) -> tuple[list[str], list[str]]:
+    """Class names and prompt templates from `classes_file`, default `classes.json` beside `source`."""
+    src = Path(source)
+    path = Path(classes_file) if classes_file else (src.parent if src.suffix == ".parquet" else src) / "classes.json"
+    if not path.exists():
+        raise FileNotFoundError(f"zero-shot classes file not found: {path}")
+    meta = json.loads(path.read_text())
+    if not isinstance(meta, dict) or not meta.get("classes"):
+        raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
+    return list(meta["classes"]), list(meta.get("templates") or ["{}"])
+
+
+def parquet_files(source: str) -> list[Path]:
+    files = sorted(Path(source).glob("*.parquet")) if Path(source).is_dir() else [Path(source)]
+    if not files or not files[0].exists():
+        raise FileNotFoundError(f"no parquet files in the evaluation set {source}")
+    return files
 
 
 def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> ZeroShotTask:
-    """Labelled images (parquet with `jpg`, `label`) and `classes.json` beside them."""
+    """Labelled images (parquet with `jpg`, `label`, optional `caption`) and `classes.json` beside them."""
     source = source or config.eval.zeroshot_source
     if not source:
         raise ValueError("eval.zeroshot_source is not set")
-    classes_file = Path(config.eval.classes_file or Path(source) / "classes.json")
-    if not classes_file.exists():
-        raise FileNotFoundError(f"zero-shot classes file not found: {classes_file}")
-    meta = json.loads(classes_file.read_text())
-    files = sorted(Path(source).glob("*.parquet")) if Path(source).is_dir() else [Path(source)]
-    if not files:
-        raise FileNotFoundError(f"no parquet files in the zero-shot set {source}")
-    table = pa.concat_tables([pq.read_table(f, columns=["key", config.data.image_column, "label"]) for f in files])
+    classes, templates = load_classes(source, config.eval.classes_file)
+    files = parquet_files(source)
+    has_caption = "caption" in pq.read_schema(files[0]).names
+    columns = ["key", config.data.image_column, "label"] + (["caption"] if has_caption else [])
+    table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
     prep = Preprocess(config, train=False, names=("decode", "image_transform"))
     counts = CountingStats()
     batch = {"key": table.column("key").to_numpy(zero_copy_only=False),
              config.data.image_column: table.column(config.data.image_column).to_pylist(),
              "label": table.column("label").to_numpy()}
+    if has_caption:
+        batch["caption"] = table.column("caption").to_pylist()
     for op in prep.ops:
         batch = op(batch, counts)
     if counts.dropped:
         raise ValueError(f"zero-shot set {source} has undecodable images: {dict(counts.dropped)}")
-    return ZeroShotTask(batch["image"], np.asarray(batch["label"]), list(meta["classes"]),
-                        list(meta.get("templates") or ["{}"]))
+    return ZeroShotTask(batch["image"], np.asarray(batch["label"]), classes, templates,
+                        list(batch["caption"]) if has_caption else None)
 
 
 def text_encoder_input(config: PipelineConfig) -> Callable[[list[str]], torch.Tensor]:
@@ -100,11 +119,19 @@ def zero_shot_eval(model: Any, config: PipelineConfig, task: ZeroShotTask,
     model.eval()
     weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
     feats = embed_images(model, task.images, config, device, config.eval.batch_size)
-    logits = feats @ weights.T
-    labels = torch.from_numpy(np.array(task.labels)).to(device)
-    top1 = (logits.argmax(-1) == labels).float().mean().item()
-    k = min(5, len(task.classes))
-    top5 = (logits.topk(k, dim=-1).indices == labels[:, None]).any(-1).float().mean().item()
     model.train(was_training)
+    return zero_shot_metrics(feats, task.labels, weights)
+
+
+def zero_shot_metrics(image_emb: torch.Tensor, labels: np.ndarray | list[int],
+                      weights: torch.Tensor) -> dict[str, float]:
+    """Top-1/top-5 of argmax_c <normalize(f(x)), w_c> against the integer labels."""
+    feats = F.normalize(image_emb.float(), dim=-1)
+    logits = feats @ weights.to(feats.device).float().T
+    labels_t = torch.as_tensor(np.asarray(labels), device=feats.device)
+    n_classes = weights.shape[0]
+    top1 = (logits.argmax(-1) == labels_t).float().mean().item()
+    k = min(5, n_classes)
+    top5 = (logits.topk(k, dim=-1).indices == labels_t[:, None]).any(-1).float().mean().item()
     return {"eval/zeroshot_top1": top1, "eval/zeroshot_top5": top5,
-            "eval/zeroshot_classes": float(len(task.classes)), "eval/zeroshot_chance": 1.0 / len(task.classes)}
+            "eval/zeroshot_classes": float(n_classes), "eval/zeroshot_chance": 1.0 / n_classes}

@@ -127,8 +127,8 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
         lo, hi = tc.worker_range
         trainer = TorchTrainer(
             _worker_entry,
-            train_loop_config={"config": to_dict(config), "tracking_uri": tracking_uri, "run_id": tracker.run_id,
-                               "init_model": init_model,
+            train_loop_config={"config": _worker_config(config), "tracking_uri": tracking_uri,
+                               "run_id": tracker.run_id, "init_model": init_model,
                                "files": files, "checkpoint_root": checkpoint_root, "stats": stats},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,
@@ -155,6 +155,8 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
         last = store.latest()
         checkpoint_path = store.path(last) if last is not None else None
         final_state = store.load(last) if last is not None else None
+        if checkpoint_path:  # where `clipray eval --model RUN_ID` finds the weights
+            tracker.set_tags({"clipray.checkpoint": checkpoint_path})
         if config.eval.zeroshot_source and final_state is not None:
             metrics.update(evaluate_state(config, final_state))
         tracker.log_metrics(metrics, step=tc.steps)
@@ -176,6 +178,16 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
         tracker.close(status)
 
 
+def _worker_config(config: PipelineConfig) -> dict[str, Any]:
+    """The config for the workers, local evaluation paths made absolute (workers run in another cwd)."""
+    raw = to_dict(config)
+    for key in ("zeroshot_source", "classes_file"):
+        value = raw["eval"].get(key)
+        if value and "://" not in value:
+            raw["eval"][key] = str(Path(value).resolve())
+    return raw
+
+
 def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
     out = {f"data/dropped/{reason}": float(n) for reason, n in data["dropped"].items()}
     out["data/rows_in"] = float(data["rows_in"])
@@ -188,9 +200,10 @@ def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
 
 
 def evaluate_state(config: PipelineConfig, state: Any) -> dict[str, float]:
-    from clipray.eval.zeroshot import load_zeroshot_task, zero_shot_eval
+    from clipray.eval.suite import evaluate_in_process
+    from clipray.eval.zeroshot import load_zeroshot_task
     from clipray.models import build_model
 
     model = build_model(config.model)
     model.load_state_dict(state["objective"]["model"])
-    return zero_shot_eval(model, config, load_zeroshot_task(config))
+    return evaluate_in_process(model, config, load_zeroshot_task(config))

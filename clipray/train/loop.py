@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 
 from clipray.config import PipelineConfig, to_dict
+from clipray.eval.periodic import PeriodicEval
 from clipray.tracking import NullTracker, Tracker
 from clipray.train.context import TrainContext
 from clipray.train.durable import DurableTracker, SampleLog
@@ -61,6 +62,7 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
         return torch.autocast(ctx.device.type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
     metrics: dict[str, float] = {}
+    periodic_eval = PeriodicEval(config, ctx.rank)
     last = time.perf_counter()
     first_step, loop_start = step, last  # for the ETA
     while step < tc.steps:
@@ -86,6 +88,8 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
                     eta = (now - loop_start) / (step - first_step) * (tc.steps - step)
                     _say(f"step {step}/{tc.steps} loss {metrics['train/loss']:.4f} lr {metrics['train/lr']:.2e} "
                          f"{metrics['train/samples_per_s']:.0f} samples/s ETA {int(eta) // 60}m{int(eta) % 60:02d}s")
+            if periodic_eval.due(step):
+                tracker.log_metrics(periodic_eval(objective.module, ctx.device), step)
             maybe_die("step", step=step, rank=ctx.rank)
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 full = _state(objective, optimizer, scheduler, step, epoch, config, ctx.data_state())

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -29,12 +30,43 @@ class LayerNorm(nn.LayerNorm):
         return super().forward(x.float()).to(orig)
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention on `F.scaled_dot_product_attention` (flash / memory-efficient kernels).
+
+    Parameters are named like `nn.MultiheadAttention`'s (`in_proj_weight`, `in_proj_bias`, `out_proj`)
+    so OpenAI state dicts load unchanged; unlike it, the fused kernels run in training too and the
+    module traces cleanly under `torch.compile`.
+    """
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+        nn.init.xavier_uniform_(self.in_proj_weight)  # nn.MultiheadAttention's initialisation
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, x_BLD: torch.Tensor, attn_mask: torch.Tensor | None = None,
+                key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, L, D = x_BLD.shape
+        qkv = F.linear(x_BLD, self.in_proj_weight, self.in_proj_bias)
+        q, k, v = qkv.view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4).unbind(0)  # B,H,L,d
+        mask = attn_mask.to(q.dtype) if attn_mask is not None and attn_mask.is_floating_point() else attn_mask
+        if key_padding_mask is not None:  # True = padding, as in nn.MultiheadAttention
+            pad = torch.zeros(B, 1, 1, L, device=q.device, dtype=q.dtype).masked_fill(
+                key_padding_mask[:, None, None, :], float("-inf"))
+            mask = pad if mask is None else mask + pad
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+
+
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, quick_gelu: bool = False) -> None:
         super().__init__()
         hidden = int(width * mlp_ratio)
         self.ln_1 = LayerNorm(width)
-        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        self.attn = Attention(width, heads)
         self.ln_2 = LayerNorm(width)
         act: nn.Module = QuickGELU() if quick_gelu else nn.GELU()
         self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", act),
@@ -43,8 +75,7 @@ class ResidualAttentionBlock(nn.Module):
     def forward(self, x_BLD: torch.Tensor, attn_mask: torch.Tensor | None = None,
                 key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         h = self.ln_1(x_BLD)
-        x_BLD = x_BLD + self.attn(h, h, h, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                  need_weights=False)[0]
+        x_BLD = x_BLD + self.attn(h, attn_mask=attn_mask, key_padding_mask=key_padding_mask)
         return x_BLD + self.mlp(self.ln_2(x_BLD))
 
 

@@ -1,0 +1,37 @@
+"""Model loading for `clipray eval`/`embed` from a checkpoint directory, and its errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from clipray.config import load_config, to_dict
+from clipray.eval.loading import build_loaded_model, load_state_dict, resolve_model
+from clipray.models import build_model
+from clipray.train.context import save_state
+
+TINY = {"name": "ckpt-test", "model": {"embed_dim": 16, "vision": {"image_size": 16, "patch_size": 8, "width": 16,
+                                                                  "layers": 1, "heads": 2},
+                                        "text": {"context_length": 8, "width": 16, "layers": 1, "heads": 2}}}
+
+
+def test_checkpoint_directory_gives_config_step_and_weights(tmp_path: Path):
+    config = load_config(data=TINY)
+    model = build_model(config.model)
+    save_state({"objective": {"model": model.state_dict()}, "config": to_dict(config), "step": 7}, tmp_path)
+    source = resolve_model(str(tmp_path))
+    assert source.config.name == "ckpt-test" and source.step == 7 and source.run_id is None
+    loaded = build_loaded_model(source.config, load_state_dict(source))
+    assert not loaded.training
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_bad_model_references_name_the_cause(tmp_path: Path):
+    with pytest.raises(FileNotFoundError, match=r"no state\.pt"):
+        resolve_model(str(tmp_path))
+    with pytest.raises(ValueError, match="registered-model URIs"):
+        resolve_model("models:/clip/1")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a run"):
+        resolve_model("0123456789abcdef", tracking_uri=uri)
