@@ -179,12 +179,16 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
 
 
 def _worker_config(config: PipelineConfig) -> dict[str, Any]:
-    """The config for the workers, local evaluation paths made absolute (workers run in another cwd)."""
+    """The config for the workers, local paths made absolute (workers run in another cwd)."""
     raw = to_dict(config)
-    for key in ("zeroshot_source", "classes_file"):
-        value = raw["eval"].get(key)
-        if value and "://" not in value:
-            raw["eval"][key] = str(Path(value).resolve())
+    for section, key in (("eval", "zeroshot_source"), ("eval", "classes_file"), ("data", "source"),
+                         ("model", "init_from"), ("text", "font"), ("text", "tokenizer")):
+        value = raw[section].get(key)
+        if not value or "://" in value:
+            continue
+        if key == "tokenizer" and not Path(value).exists():
+            continue  # a registered name such as `openai`, not a path
+        raw[section][key] = str(Path(value).resolve())
     return raw
 
 
