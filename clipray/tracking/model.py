@@ -45,16 +45,15 @@ def embed_images(model: Any, config: PipelineConfig, images: Sequence[bytes]) ->
 
 
 def embed_texts(model: Any, config: PipelineConfig, texts: Sequence[str]) -> np.ndarray:
-    """L2-normalised text embeddings, tokenized as in training."""
+    """L2-normalised text embeddings, the texts encoded as in training (tokens or rendered pixels)."""
     import torch
     import torch.nn.functional as F
 
-    from clipray.text import load_tokenizer
+    from clipray.eval.zeroshot import text_encoder_input
 
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
     with torch.no_grad():
-        ids = torch.from_numpy(tokenizer(list(texts))).long()
-        return F.normalize(model.encode_text(ids).float(), dim=-1).numpy()
+        inputs = text_encoder_input(config)(list(texts))
+        return F.normalize(model.encode_text(inputs).float(), dim=-1).numpy()
 
 
 def load_model(config: PipelineConfig, state_dict: dict[str, Any]) -> Any:
