@@ -112,7 +112,7 @@ class SeaweedFS:
         "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
     )
 
-    def __init__(self, root: Path, *, startup_timeout: float = 60.0) -> None:
+    def __init__(self, root: Path, *, startup_timeout: float = 180.0) -> None:
         self.root = Path(root)
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen[bytes] | None = None
