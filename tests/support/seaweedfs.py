@@ -136,7 +136,9 @@ class SeaweedFS:
         cmd = [weed, f"-logdir={logs}", "server", "-s3",
                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
                f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               "-volume.max=8", "-master.volumeSizeLimitMB=64"]
+               # Every bucket is a collection that grows several volumes at once: leave room for
+               # the many buckets one test session creates.
+               "-volume.max=200", "-master.volumeSizeLimitMB=64"]
         cmd += [f"-{name}={port}" for name, port in self.ports.items()]
         env = dict(os.environ)
         env["TMPDIR"] = str(self.root)
