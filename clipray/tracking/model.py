@@ -143,14 +143,6 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, config: PipelineConfig, sta
 
 
 def _masked_config(config: PipelineConfig, mask: Any) -> dict[str, Any]:
-    from clipray.config.load import flatten
+    from clipray.config.load import flatten, unflatten
 
-    flat = mask(flatten(to_dict(config)))
-    nested: dict[str, Any] = {}
-    for key, value in flat.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return nested
+    return unflatten(mask(flatten(to_dict(config))))

@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
-from clipray.config.load import flatten
+from clipray.config.load import flatten, unflatten
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 
@@ -55,14 +55,7 @@ def log_config(tracker: MlflowTracker | NullTracker, config: PipelineConfig) -> 
 
     params = flatten(to_dict(config))
     tracker.log_params(params)
-    masked = mask_secrets(params)
-    nested: dict[str, Any] = {}
-    for key, value in masked.items():
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+    nested = unflatten(mask_secrets(params))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(nested, sort_keys=False))

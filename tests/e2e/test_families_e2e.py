@@ -28,12 +28,6 @@ def one_epoch_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _render_text_registered() -> bool:
-    from clipray.data.ops.base import op_registry
-
-    return "render_text" in op_registry
-
-
 def _train(pipeline: str, data: Path, run_env: dict[str, str], tmp_path: Path, *extra: str) -> tuple[MlflowClient, str, str]:
     proc = run_clipray("train", str(ROOT / pipeline), "--set", f"data.source={data / 'train'}",
                        "--set", f"train.steps={STEPS}", "--set", f"train.global_batch_size={GLOBAL_BATCH}",
@@ -64,8 +58,6 @@ def _assert_falls(values: list[float], name: str) -> None:
     ("pipelines/tiny/clippo-tiny.yaml", "clippo", []),
 ], ids=["clip-vit", "clip-resnet", "albef", "clippo"])
 def test_family_trains_50_steps_and_loss_falls(pipeline, family, parts, one_epoch_data: Path, run_env, tmp_path: Path):
-    if family == "clippo" and not _render_text_registered():
-        pytest.skip("CLIPPO needs the data plane's render_text op (text.kind=pixels), which is not registered here")
     client, run_id, stdout = _train(pipeline, one_epoch_data, run_env, tmp_path)
     assert f"[clipray] {family} parameters: " in stdout
     run = client.get_run(run_id)
