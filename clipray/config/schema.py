@@ -213,6 +213,12 @@ class TrainConfig:
     global_batch_size: int = 256  # summed over workers
     num_workers: int | tuple[int, int] = 2  # a [min, max] range makes the run elastic
     cpus_per_worker: float = 1.0
+    # Extra Ray resources per worker (e.g. {"spot_trainer": 1}, a custom resource that only the
+    # training nodes advertise): one worker per node of that kind, and elastic counts follow them.
+    resources_per_worker: dict[str, float] = field(default_factory=dict)
+    # With a [min, max] range: how often a healthy run checks whether more workers would fit now
+    # (growing restarts the worker group from the latest checkpoint at the new size).
+    elastic_resize_interval_s: float = 60.0
     use_gpu: bool = False
     loss: Literal["softmax", "sigmoid"] = "softmax"
     micro_batches: int = 1  # > 1: gradient caching over this many micro-batches per worker step
@@ -238,6 +244,13 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be positive (or a [min, max] range), got {self.num_workers}")
         if self.micro_batches <= 0:
             raise ValueError(f"train.micro_batches must be positive, got {self.micro_batches}")
+        if self.elastic_resize_interval_s <= 0:
+            raise ValueError(f"train.elastic_resize_interval_s must be positive, got {self.elastic_resize_interval_s}")
+        for name, amount in self.resources_per_worker.items():
+            if name in ("CPU", "GPU"):
+                raise ValueError(f"train.resources_per_worker.{name}: set train.cpus_per_worker / train.use_gpu instead")
+            if amount < 0:
+                raise ValueError(f"train.resources_per_worker.{name} must not be negative, got {amount}")
         for w in sorted({lo, hi}):
             self.local_batch_size(w)
 

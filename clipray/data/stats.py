@@ -38,8 +38,14 @@ class PipelineStats:
 
 
 def stats_actor(name: str | None = None) -> Any:
-    """A Ray actor holding a `PipelineStats`; cheap (no CPU reserved)."""
-    import ray
+    """A Ray actor holding a `PipelineStats`; cheap (no CPU reserved).
 
-    cls = ray.remote(num_cpus=0)(PipelineStats)
+    It lives on the caller's node (the driver's, in a training run): the counts must outlive the
+    loss of any other node, which an elastic run survives.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    cls = ray.remote(num_cpus=0, scheduling_strategy=here)(PipelineStats)
     return cls.options(name=name).remote() if name else cls.remote()

@@ -131,6 +131,10 @@ class MlflowTracker:
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, path, artifact_path)
 
+    def logged_steps(self, key: str) -> set[int]:
+        """The steps at which metric `key` has been logged in this run."""
+        return {m.step for m in self.client.get_metric_history(self.run_id, key)}
+
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for k, v in mask_secrets(tags).items():
             self.client.set_tag(self.run_id, k, str(v))

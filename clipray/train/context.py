@@ -134,7 +134,10 @@ class RayTrainContext:
             first, skip = self._resume.chunk, self._resume.consumed
         self._resume = None
         for index in range(first, len(chunks)):
-            self._chunk, self._consumed = (epoch, index), []
+            # A resumed chunk still counts what was consumed before the resume (rank 0 carries
+            # it into the next cursor): a second restart in the same chunk must skip those too.
+            carried = list(skip) if index == first and self.rank == 0 else []
+            self._chunk, self._consumed = (epoch, index), carried
             shuffle_seed = chunk_shuffle_seed(self.seed, epoch, index)
             for batch in self._chunk_batches(chunks[index], skip if index == first else [], shuffle_seed):
                 self._consumed.extend(batch["key"])  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
+from clipray.train.faults import ENV as FAULT_ENV
 
 
 @dataclass
@@ -38,7 +39,11 @@ def init_ray(config: PipelineConfig) -> None:
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        # Workers of an existing cluster do not inherit this process's environment: the fault
+        # injection of recovery tests (clipray.train.faults) travels with the job instead.
+        fault = os.environ.get(FAULT_ENV)
+        runtime_env = {"env_vars": {FAULT_ENV: fault}} if fault else None
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
         ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="warning")
@@ -118,6 +123,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
         tracker.set_tags({"clipray.checkpoints": checkpoint_root})
         tracker.log_metrics({"train/restarts": 0.0}, step=0)
         lo, hi = tc.worker_range
+        elastic = {"elastic_resize_monitor_interval_s": tc.elastic_resize_interval_s} if lo != hi else {}
         trainer = TorchTrainer(
             _worker_entry,
             train_loop_config={"config": _worker_config(config), "tracking_uri": tracking_uri,
@@ -125,7 +131,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
                                "files": files, "checkpoint_root": checkpoint_root, "stats": stats},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,
-                resources_per_worker={"CPU": tc.cpus_per_worker},
+                resources_per_worker={"CPU": tc.cpus_per_worker, **tc.resources_per_worker}, **elastic,
             ),
             run_config=ray.train.RunConfig(
                 name=name,

@@ -37,7 +37,7 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
     """
     tc = config.train
     tracker = DurableTracker(tracker or NullTracker())
-    samples = SampleLog(tc.sample_log, ctx.rank) if tc.sample_log else None
+    samples = SampleLog(tc.sample_log, ctx.rank, ctx.world_size) if tc.sample_log else None
     torch.manual_seed(tc.seed)  # same initial weights on every rank
     objective = build_objective(config, rank=ctx.rank, world_size=ctx.world_size, device=ctx.device)
     optimizer = build_optimizer(objective.module, config.optim)
@@ -51,6 +51,7 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
         step, epoch, resumed_epoch = state["step"], state["epoch"], state["epoch"]
         _set_rng(state["rng"])
         ctx.load_data_state(state.get("data"))
+        tracker.recover(state.get("metrics_pending", []))  # stopped between commit and flush
     elif init_model is not None:
         objective.module.load_state_dict(init_model)
     if ctx.rank == 0:
@@ -93,6 +94,7 @@ def train_loop(config: PipelineConfig, ctx: TrainContext, tracker: Tracker | Non
             maybe_die("step", step=step, rank=ctx.rank)
             if step % tc.checkpoint_every == 0 or step == tc.steps:
                 full = _state(objective, optimizer, scheduler, step, epoch, config, ctx.data_state())
+                full["metrics_pending"] = tracker.pending()
                 ctx.report({"step": step, **metrics}, full if ctx.rank == 0 else None)
                 tracker.flush()
             if step >= tc.steps:

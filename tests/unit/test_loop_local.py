@@ -73,3 +73,43 @@ def test_crash_then_resume_from_checkpoint(tiny_data, tmp_path):
     assert sorted(resumed.steps) == list(range(6, 11))
     for step in range(6, 11):  # the schedule continues from the step count
         assert resumed.steps[step]["train/lr"] == straight.steps[step]["train/lr"]
+
+
+class RunRecorder(Recorder):
+    """One run's metric history across restarts, which can say what it holds (as MLflow can)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def log_metrics(self, metrics, step):
+        self.calls.append(step)
+        super().log_metrics(metrics, step)
+
+    def logged_steps(self, key):
+        return {step for step, metrics in self.steps.items() if key in metrics}
+
+
+class StopAfterCommit(LocalContext):
+    """The worker group stops right after the checkpoint of `stop_at` is committed, before the
+    metrics it covers are flushed (as an elastic resize or a lost node can)."""
+
+    def __init__(self, *args, stop_at, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.stop_at = stop_at
+
+    def report(self, metrics, state):
+        super().report(metrics, state)
+        if metrics["step"] == self.stop_at:
+            raise RuntimeError("worker group stopped")
+
+
+def test_resume_logs_metrics_committed_but_never_flushed(tiny_data, tmp_path):
+    cfg = load_config(data=TINY, overrides=["train.steps=15"])
+    batches = batches_from(tiny_data, cfg)
+    run = RunRecorder()
+    with contextlib.suppress(RuntimeError):
+        train_loop(cfg, StopAfterCommit(batches, str(tmp_path), stop_at=10), run)
+    assert sorted(run.steps) == list(range(1, 6))  # 6-10 are committed in checkpoint 10 but not logged
+    train_loop(cfg, LocalContext(batches, str(tmp_path)), run)
+    assert run.calls == list(range(1, 16))  # every step once: 6-10 from the checkpoint, then 11-15

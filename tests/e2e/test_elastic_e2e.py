@@ -1,0 +1,169 @@
+"""Elastic training end to end on a 2-node local Ray cluster: lose a node, shrink, grow back.
+
+The cluster (`ray.cluster_utils.Cluster`, real raylets on loopback): a head with CPUs for the
+driver, the Train controller and the data actors, and two "training nodes" that each advertise one
+unit of a custom resource that every training worker needs (`train.resources_per_worker`), so that
+each node holds exactly one worker. `clipray train` runs with `train.num_workers: [1, 2]`:
+
+1. it starts on 2 workers (one per training node) and waits at step 8 (a fault-injection gate);
+2. the test kills one training node outright (no graceful shutdown, as a lost spot instance);
+   the run restarts from its latest checkpoint on the 1 worker that still fits;
+3. the test adds a training node again; the run notices within `train.elastic_resize_interval_s`
+   and restarts from its latest checkpoint on 2 workers. A second gate near the end keeps the run
+   going until the test has seen that.
+
+Checked from the MLflow run and the per-step sample log: `train/world_size` goes 2 -> 1 -> 2, every
+step 1..N is logged exactly once, the global batch is 16 rows at every step whatever the world size,
+both restarts are counted with their causes, and every key of the epoch is trained on exactly once
+apart from the steps replayed after a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, clipray_cmd
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+STEPS, GLOBAL_BATCH, CHECKPOINT_EVERY = 50, 16, 4
+ROWS = (STEPS + 8) * GLOBAL_BATCH  # one epoch covers the run, with rows to spare
+TRAINING_NODE = {"num_cpus": 1, "resources": {"clipray_trainer": 1}, "object_store_memory": 150 * 2**20}
+
+
+@pytest.fixture
+def cluster(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    from ray.cluster_utils import Cluster
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
+    (short_tmp / "ray").mkdir()  # where Ray records the address of the cluster it started
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    c = Cluster(initialize_head=True, connect=False, shutdown_at_exit=False,
+                head_node_args={"num_cpus": 2, "object_store_memory": 300 * 2**20,
+                                # A killed node is declared dead in ~1.5 s, not ~15 s: until then
+                                # its resources still count, and a restart would wait for them.
+                                "_system_config": {"health_check_period_ms": 500,
+                                                   "health_check_failure_threshold": 3},
+                                "temp_dir": str(short_tmp / "ray"), "include_dashboard": False})
+    try:
+        yield c
+    finally:
+        c.shutdown()
+
+
+def _steps(samples: Path) -> list[dict]:
+    lines = []
+    for f in sorted(samples.glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            with contextlib.suppress(json.JSONDecodeError):  # a line being written right now
+                lines.append(json.loads(line))
+    return lines
+
+
+def _wait(proc: subprocess.Popen, samples: Path, logs: Path, what: str, done, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if done(_steps(samples)):
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"the run ended (rc {proc.returncode}) before {what}:\n{_tail(logs)}")
+        time.sleep(0.5)
+    proc.kill()
+    proc.wait()
+    pytest.fail(f"timed out waiting for {what}:\n{_tail(logs)}")
+
+
+def _tail(logs: Path) -> str:
+    """The run's own lines and the Train controller's decisions (progress bars left out)."""
+    keep = ("[clipray]", "TrainController", "Error", "error", "Traceback")
+    lines = [ln for f in ("train.out", "train.err") for ln in (logs / f).read_text(errors="replace").splitlines()
+             if any(k in ln for k in keep) and "Running Dataset" not in ln]
+    return f"(full output in {logs})\n" + "\n".join(lines[-80:])
+
+
+def test_node_lost_then_added_back(cluster, tmp_path: Path, short_tmp: Path):
+    from clipray.data.synth import write_synthetic
+
+    data = tmp_path / "data"
+    write_synthetic(data, ROWS, shards=4, seed=5, image_size=32, eval_per_class=1, bad_rows=0)
+    node_a = cluster.add_node(**TRAINING_NODE)
+    cluster.add_node(**TRAINING_NODE)
+    cluster.wait_for_nodes()
+
+    samples = tmp_path / "samples"
+    gates = [tmp_path / "gate-shrink", tmp_path / "gate-grow"]
+    for gate in gates:
+        gate.touch()
+    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled", TMPDIR=str(short_tmp),
+               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1",
+               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="45",
+               CLIPRAY_FAULT=f"step@8:hold={gates[0]},step@{STEPS - 6}:hold={gates[1]}")
+    cmd = clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
+                      "--set", f"data.source={data / 'train'}", "--set", "data.chunk_files=4",
+                      "--set", "eval.zeroshot_source=null", "--set", "tracking.log_model=false",
+                      "--set", f"train.steps={STEPS}", "--set", f"train.global_batch_size={GLOBAL_BATCH}",
+                      "--set", "train.num_workers=[1, 2]", "--set", "train.resources_per_worker.clipray_trainer=1",
+                      "--set", "train.elastic_resize_interval_s=3",
+                      "--set", f"train.checkpoint_every={CHECKPOINT_EVERY}", "--set", "train.max_failures=2",
+                      "--set", f"train.sample_log={samples}", "--set", f"train.storage_path={tmp_path / 'runs'}")
+    with (tmp_path / "train.out").open("w") as out_f, (tmp_path / "train.err").open("w") as err_f, \
+            subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out_f, stderr=err_f) as proc:
+        _wait(proc, samples, tmp_path, "8 steps on 2 workers",
+              lambda lines: sum(ln["world_size"] == 2 and ln["step"] == 8 for ln in lines) == 2)
+        cluster.remove_node(node_a, allow_graceful=False)
+        gates[0].unlink()
+        _wait(proc, samples, tmp_path, "a step on 1 worker after the node loss",
+              lambda lines: any(ln["world_size"] == 1 for ln in lines))
+        cluster.add_node(**TRAINING_NODE)
+        _wait(proc, samples, tmp_path, "a step on 2 workers again",
+              lambda lines: any(ln["world_size"] == 2 and ln["time"] > max(x["time"] for x in lines
+                                                                           if x["world_size"] == 1)
+                                for ln in lines))
+        gates[1].unlink()
+        proc.wait(timeout=600)
+    assert proc.returncode == 0, _tail(tmp_path)
+    out = (tmp_path / "train.out").read_text()
+
+    run_id = next(line for line in out.splitlines() if line.startswith("mlflow_run_id: ")).split()[-1]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    steps = [m.step for m in client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == list(range(1, STEPS + 1)), steps  # none missing, none twice
+
+    # The world size, in step order, shrank to 1 and grew back to 2.
+    sizes = [int(m.value) for m in sorted(client.get_metric_history(run_id, "train/world_size"),
+                                          key=lambda m: m.step)]
+    phases = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]
+    assert phases == [2, 1, 2], sizes
+    assert client.get_metric_history(run_id, "train/restarts")[-1].value == 2.0
+    tags = run.data.tags
+    assert "clipray.restart.1.cause" in tags and tags["clipray.restart.2.cause"] == "elastic resize: 1 -> 2 workers"
+
+    # The samples that count: per step, those of the attempt that got past it (its last writer).
+    lines = _steps(samples)
+    final: dict[int, list[dict]] = defaultdict(list)  # step -> lines of the attempt that logged it
+    for step in range(1, STEPS + 1):
+        writers = [ln for ln in lines if ln["step"] == step]
+        last_time = max(ln["time"] for ln in writers)
+        size = next(ln["world_size"] for ln in writers if ln["time"] == last_time)
+        final[step] = sorted(writers, key=lambda ln: ln["time"])[-size:]
+        assert {ln["world_size"] for ln in final[step]} == {size} and len({ln["rank"] for ln in final[step]}) == size
+        assert sum(len(ln["keys"]) for ln in final[step]) == GLOBAL_BATCH, (step, final[step])
+    assert {ln["epoch"] for lines_ in final.values() for ln in lines_} == {0}, "the run outgrew one epoch"
+    kept = Counter(k for step_lines in final.values() for ln in step_lines for k in ln["keys"])
+    assert max(kept.values()) == 1  # no sample counted twice across the shrink and the growth
+    dataset = set(pq.read_table(data / "train", columns=["key"]).column("key").to_pylist())
+    assert set(kept) <= dataset and len(kept) == STEPS * GLOBAL_BATCH
