@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import html
 import importlib.util
 import itertools
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from clipray.text.clean import clean_text  # also imported from here by train_bpe and tests
 from clipray.text.tokenizer import Tokenizer, pack, tokenizer_registry
 
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -40,30 +40,6 @@ _SPECIAL_AWARE = regex.compile(
     "<start_of_text>|<end_of_text>" + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,
 )
-
-
-# Text that ftfy leaves alone when NFC-normalised: printable ASCII without '&' (no HTML), plus
-# scripts that no single-byte code page of ftfy's mojibake detector can encode (Hebrew, Arabic,
-# Indic, Thai, ..., kana, CJK, Hangul, emoji). Latin-1, Greek, Cyrillic, general punctuation
-# (curly quotes, format characters), fullwidth forms and ligatures are excluded: ftfy may act there.
-_FTFY_INERT = re.compile("[\x20-\x25\x27-\x7e\u0590-\u1dff\u3040-\ud7ff\U0001f000-\U0001faff]*")
-
-
-def clean_text(text: str) -> str:
-    """SimpleTokenizer's `clean='lower'`: ftfy, HTML unescape twice, collapse whitespace, lower-case.
-
-    Fast path: text that ftfy and HTML unescaping leave unchanged (see `_FTFY_INERT`) only has its
-    whitespace and case touched (ftfy costs several times the BPE itself).
-    """
-    if text.isascii():
-        if text.isprintable() and "&" not in text:
-            return " ".join(text.split()).lower()
-    elif _FTFY_INERT.fullmatch(text) and unicodedata.is_normalized("NFC", text):
-        return " ".join(text.split()).lower()
-    import ftfy
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).lower()
 
 
 def openai_vocab_path() -> Path:
