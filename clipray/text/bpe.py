@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from clipray.text.clean import clean_text  # also imported from here by train_bpe and tests
+from clipray.text.clean import clean_text, clean_text_until  # clean_text: also imported from here
 from clipray.text.tokenizer import Tokenizer, pack, tokenizer_registry
 
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -206,8 +206,16 @@ class ClipBPETokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._backend.decode(_content_ids(ids, self.sot_id, self.eot_id))
 
+    def _overflows(self, cleaned: str) -> bool:
+        """`cleaned` alone gives more ids than a row holds: at least one per pre-token of
+        SimpleTokenizer's pattern, and a row keeps context_length - 2 of them."""
+        need = self.context_length - 1
+        return len(cleaned) >= need and sum(1 for _ in itertools.islice(_SPECIAL_AWARE.finditer(cleaned), need)) >= need
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        cleaned = [clean_text(t) for t in texts]
+        # A long multi-line caption is cleaned only as far as its tokens can reach the row: the ids
+        # of a cleaned prefix that ends between words are the first ids of the whole text.
+        cleaned = [clean_text_until(t, self._overflows) for t in texts]
         out = self._backend.tokenize_batch(cleaned, self.context_length).astype(np.int32, copy=False)
         slow = [i for i, t in enumerate(cleaned) if self._needs_reference_path(t)]
         if slow:

@@ -25,7 +25,7 @@ import functools
 import html
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,36 +179,80 @@ def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
     return ft.fix_text_segment(seg, config)
 
 
-def fix_text(text: str) -> str:
-    """`ftfy.fix_text(text)` with its default configuration, segment by segment.
-
-    ftfy.fix_text cuts the text after each "\\n" (and every `max_decode_length` characters) and
-    calls `fix_and_explain` on each piece; "<" in a piece turns `unescape_html` off from there on.
-    Calling `ftfy.fix_text` on each piece with that configuration is therefore the same call.
-    """
-    ft = ftfy_tables()
-    if len(text) > ft.max_segment:  # ftfy would also cut inside lines: leave that to ftfy
-        return ft.fix_text(text, ft.full)
-    if "\n" not in text:
-        return _fix_segment(ft, text, True)
-    out: list[str] = []
-    html_on = True
+def _segments(text: str) -> Iterator[str]:
+    """The pieces `ftfy.fix_text` cuts `text` into (up to `max_decode_length` characters)."""
     pos = 0
     while pos < len(text):
         end = text.find("\n", pos) + 1 or len(text)
-        seg = text[pos:end]
-        out.append(_fix_segment(ft, seg, html_on))
-        html_on = html_on and "<" not in seg
+        yield text[pos:end]
         pos = end
-    return "".join(out)
+
+
+def _fixed_segments(text: str) -> Iterator[str]:
+    """`ftfy.fix_text(text)` piece by piece.
+
+    ftfy.fix_text cuts the text after each "\n" (and every `max_decode_length` characters) and
+    calls `fix_and_explain` on each piece; "<" in a piece turns `unescape_html` off from there on.
+    Calling `ftfy.fix_text_segment` on each piece with that configuration is the same call.
+    """
+    ft = ftfy_tables()
+    if len(text) > ft.max_segment:  # ftfy would also cut inside lines: leave that to ftfy
+        yield ft.fix_text(text, ft.full)
+        return
+    html_on = True
+    for seg in _segments(text):
+        yield _fix_segment(ft, seg, html_on)
+        html_on = html_on and "<" not in seg
+
+
+def fix_text(text: str) -> str:
+    """`ftfy.fix_text(text)` with its default configuration."""
+    if "\n" not in text and len(text) <= ftfy_tables().max_segment:
+        return _fix_segment(ftfy_tables(), text, True)
+    return "".join(_fixed_segments(text))
+
+
+def _finish(fixed: str) -> str:
+    """The rest of SimpleTokenizer's cleaning after ftfy (html.unescape returns at once without "&")."""
+    return " ".join(html.unescape(html.unescape(fixed)).split()).lower()
 
 
 def clean_text(text: str) -> str:
     """SimpleTokenizer's `clean='lower'`: ftfy, HTML unescape twice, collapse whitespace, lower-case.
 
     Printable ASCII without "&" skips ftfy entirely: no pass fixer changes it, it is NFC, and
-    `fix_encoding` / `unescape_html` return it unchanged (see `_quiet`).
+    fix_encoding and unescape_html return it unchanged (see `_fix_segment`).
     """
-    if not (text.isascii() and text.isprintable() and "&" not in text):
-        text = html.unescape(html.unescape(fix_text(text)))  # unescape returns at once without "&"
-    return " ".join(text.split()).lower()
+    if text.isascii() and text.isprintable() and "&" not in text:
+        return " ".join(text.split()).lower()
+    return _finish(fix_text(text))
+
+
+LONG_TEXT = 1024  # characters: shorter texts are cleaned whole
+
+
+def clean_text_until(text: str, enough: Callable[[str], bool]) -> str:
+    """`clean_text(text)`, or for a long multi-line text possibly a prefix of it: the cleaning of
+    its first lines, as soon as `enough` holds for that (a tokenizer: "these words overflow the
+    context already"). The prefix is `clean_text(text)` cut before a space.
+
+    Why the prefix is exact: ftfy fixes each line on its own (`_fixed_segments`), and a fixed line
+    that still ends in "\n" separates it from the rest for html.unescape (its entity pattern stops
+    at "\n"), for the whitespace collapse, and for lower-casing (the final-sigma rule looks only
+    across case-ignorable characters, which whitespace is not).
+    """
+    if len(text) < LONG_TEXT or "\n" not in text or len(text) > ftfy_tables().max_segment:
+        return clean_text(text)
+    fixed: list[str] = []
+    size, check_at = 0, 256
+    segments = _fixed_segments(text)
+    for piece in segments:
+        fixed.append(piece)
+        size += len(piece)
+        if size >= check_at and piece.endswith("\n"):
+            check_at *= 2  # doubling keeps the checks linear in the text's length
+            cleaned = _finish("".join(fixed))
+            if enough(cleaned):
+                segments.close()
+                return cleaned
+    return _finish("".join(fixed))
