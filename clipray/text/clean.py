@@ -39,12 +39,21 @@ _PASS_FIXERS = (
     "fix_line_breaks", "fix_surrogates", "remove_terminal_escapes", "remove_control_chars",
 )
 _MAX_CODE_POINT = 0x110000
+# The ftfy release whose fix_text / fix_and_explain the shortcuts were proven against, and its
+# configuration fields: another release (new fixers, another loop) gets plain ftfy.fix_text.
+_PROVEN_FTFY = ("6", "3")
+_PROVEN_FIELDS = frozenset({
+    "unescape_html", "remove_terminal_escapes", "fix_encoding", "restore_byte_a0", "replace_lossy_sequences",
+    "decode_inconsistent_utf8", "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
+    "fix_line_breaks", "fix_surrogates", "remove_control_chars", "normalization", "max_decode_length", "explain",
+})
 
 
 @dataclass(frozen=True)
 class _Ftfy:
     """ftfy's functions and the character tables derived from them, built once per process."""
 
+    shortcuts: bool  # False: an ftfy release the shortcuts were not proven for
     fix_text: Callable[..., str]
     fix_text_segment: Callable[..., str]
     is_bad: Callable[[str], bool]
@@ -112,7 +121,7 @@ def _char_class(code_points: set[int]) -> re.Pattern[str]:
         lo, hi = chr(cps[i]), chr(cps[j])
         parts.append(re.escape(lo) if i == j else f"{re.escape(lo)}-{re.escape(hi)}")
         i = j + 1
-    return re.compile("[" + "".join(parts) + "]")
+    return re.compile("[" + "".join(parts) + "]" if parts else "(?!)")  # (?!) never matches
 
 
 @functools.cache
@@ -121,11 +130,14 @@ def ftfy_tables() -> _Ftfy:
     from ftfy.badness import is_bad
     from ftfy.fixes import unescape_html
 
-    fixers = [ftfy.FIXERS[name] for name in _PASS_FIXERS]
-    changed = set(changed_code_points(fixers))
-    simple = _simple_characters(changed, fixers)
     full = ftfy.TextFixerConfig(explain=False)
+    shortcuts = (tuple(ftfy.__version__.split(".")[:2]) == _PROVEN_FTFY and set(full._fields) == _PROVEN_FIELDS
+                 and all(name in ftfy.FIXERS for name in _PASS_FIXERS))
+    fixers = [ftfy.FIXERS[name] for name in _PASS_FIXERS] if shortcuts else []
+    changed = set(changed_code_points(fixers)) if shortcuts else set()
+    simple = _simple_characters(changed, fixers)
     return _Ftfy(
+        shortcuts=shortcuts,
         fix_text=ftfy.fix_text,
         fix_text_segment=ftfy.fix_text_segment,
         is_bad=is_bad,
@@ -196,7 +208,7 @@ def _fixed_segments(text: str) -> Iterator[str]:
     Calling `ftfy.fix_text_segment` on each piece with that configuration is the same call.
     """
     ft = ftfy_tables()
-    if len(text) > ft.max_segment:  # ftfy would also cut inside lines: leave that to ftfy
+    if len(text) > ft.max_segment or not ft.shortcuts:  # ftfy would also cut inside lines
         yield ft.fix_text(text, ft.full)
         return
     html_on = True
@@ -207,8 +219,9 @@ def _fixed_segments(text: str) -> Iterator[str]:
 
 def fix_text(text: str) -> str:
     """`ftfy.fix_text(text)` with its default configuration."""
-    if "\n" not in text and len(text) <= ftfy_tables().max_segment:
-        return _fix_segment(ftfy_tables(), text, True)
+    ft = ftfy_tables()
+    if "\n" not in text and len(text) <= ft.max_segment and ft.shortcuts:
+        return _fix_segment(ft, text, True)
     return "".join(_fixed_segments(text))
 
 
@@ -223,7 +236,7 @@ def clean_text(text: str) -> str:
     Printable ASCII without "&" skips ftfy entirely: no pass fixer changes it, it is NFC, and
     fix_encoding and unescape_html return it unchanged (see `_fix_segment`).
     """
-    if text.isascii() and text.isprintable() and "&" not in text:
+    if text.isascii() and text.isprintable() and "&" not in text and ftfy_tables().shortcuts:
         return " ".join(text.split()).lower()
     return _finish(fix_text(text))
 
@@ -241,7 +254,8 @@ def clean_text_until(text: str, enough: Callable[[str], bool]) -> str:
     at "\n"), for the whitespace collapse, and for lower-casing (the final-sigma rule looks only
     across case-ignorable characters, which whitespace is not).
     """
-    if len(text) < LONG_TEXT or "\n" not in text or len(text) > ftfy_tables().max_segment:
+    ft = ftfy_tables()
+    if len(text) < LONG_TEXT or "\n" not in text or len(text) > ft.max_segment or not ft.shortcuts:
         return clean_text(text)
     fixed: list[str] = []
     size, check_at = 0, 256

@@ -149,3 +149,20 @@ def test_nfc_never_produces_a_character_that_a_fixer_changes():
                                   "cafÃ©", "Ã\u3000x", "e\u0301", "x\r\ny", "&lt;b&gt;bold&lt;/b&gt;", "<b>&amp;</b>"])
 def test_examples(text):
     assert clean_text(text) == reference_clean(text)
+
+
+def test_other_ftfy_release_gets_plain_ftfy(monkeypatch):
+    """The shortcuts are proven for ftfy 6.3; under another release every text goes to ftfy."""
+    from clipray.text import clean
+
+    monkeypatch.setattr(clean, "_PROVEN_FTFY", ("0", "0"))
+    clean.ftfy_tables.cache_clear()
+    try:
+        assert not clean.ftfy_tables().shortcuts
+        texts = [*stress_strings(300, seed=9), "it’s a\nlong\n" * 200]
+        assert [clean_text(t) for t in texts] == [reference_clean(t) for t in texts]
+        assert clean.clean_text_until(texts[-1], lambda _: True) == reference_clean(texts[-1])
+    finally:
+        monkeypatch.undo()
+        clean.ftfy_tables.cache_clear()
+    assert clean.ftfy_tables().shortcuts
