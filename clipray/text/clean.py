@@ -27,7 +27,10 @@ import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ftfy import TextFixerConfig
 
 # The character fixers of one pass of `ftfy.fix_and_explain` (its list after `fix_encoding`),
 # by their names in `ftfy.FIXERS` and `ftfy.TextFixerConfig`. All of them act character by character
@@ -58,9 +61,9 @@ class _Ftfy:
     fix_text_segment: Callable[..., str]
     is_bad: Callable[[str], bool]
     unescape_html: Callable[[str], str]
-    full: Any  # TextFixerConfig: fix_text's default (explain=False, as fix_text sets it)
-    full_no_html: Any  # the same after a segment containing "<" (fix_text turns unescape_html off)
-    fixes_only: Any  # only the character fixers and NFC: no fix_encoding, no unescape_html
+    full: TextFixerConfig  # fix_text's default (explain=False, as fix_text sets it)
+    full_no_html: TextFixerConfig  # the same after a segment containing "<" (fix_text turns unescape_html off)
+    fixes_only: TextFixerConfig  # only the character fixers and NFC: no fix_encoding, no unescape_html
     max_segment: int
     not_inert: re.Pattern[str]  # characters that some pass fixer changes
     not_simple: re.Pattern[str]  # ... and that are not "simple" (see `_simple_characters`)
@@ -159,7 +162,7 @@ def _encoding_quiet(ft: _Ftfy, text: str) -> bool:
 
 
 def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
-    """`ftfy.fix_text` of one of its segments (`seg` holds no "\n" but at its end).
+    """`ftfy.fix_text` of one of its segments (`seg` holds no "\\n" but at its end).
 
     `html_on`: no earlier segment of the text contained "<" (`fix_text` turns `unescape_html` off
     from the first segment with "<" on, and `fix_and_explain` when its own text has one).
@@ -203,7 +206,7 @@ def _segments(text: str) -> Iterator[str]:
 def _fixed_segments(text: str) -> Iterator[str]:
     """`ftfy.fix_text(text)` piece by piece.
 
-    ftfy.fix_text cuts the text after each "\n" (and every `max_decode_length` characters) and
+    ftfy.fix_text cuts the text after each "\\n" (and every `max_decode_length` characters) and
     calls `fix_and_explain` on each piece; "<" in a piece turns `unescape_html` off from there on.
     Calling `ftfy.fix_text_segment` on each piece with that configuration is the same call.
     """
@@ -250,8 +253,8 @@ def clean_text_until(text: str, enough: Callable[[str], bool]) -> str:
     context already"). The prefix is `clean_text(text)` cut before a space.
 
     Why the prefix is exact: ftfy fixes each line on its own (`_fixed_segments`), and a fixed line
-    that still ends in "\n" separates it from the rest for html.unescape (its entity pattern stops
-    at "\n"), for the whitespace collapse, and for lower-casing (the final-sigma rule looks only
+    that still ends in "\\n" separates it from the rest for html.unescape (its entity pattern stops
+    at "\\n"), for the whitespace collapse, and for lower-casing (the final-sigma rule looks only
     across case-ignorable characters, which whitespace is not).
     """
     ft = ftfy_tables()
