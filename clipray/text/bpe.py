@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import gzip
-import html
 import importlib.util
 import itertools
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from clipray.text.clean import clean_text, clean_text_until  # clean_text: also imported from here
 from clipray.text.tokenizer import Tokenizer, pack, tokenizer_registry
 
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -40,30 +40,6 @@ _SPECIAL_AWARE = regex.compile(
     "<start_of_text>|<end_of_text>" + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
     regex.IGNORECASE,
 )
-
-
-# Text that ftfy leaves alone when NFC-normalised: printable ASCII without '&' (no HTML), plus
-# scripts that no single-byte code page of ftfy's mojibake detector can encode (Hebrew, Arabic,
-# Indic, Thai, ..., kana, CJK, Hangul, emoji). Latin-1, Greek, Cyrillic, general punctuation
-# (curly quotes, format characters), fullwidth forms and ligatures are excluded: ftfy may act there.
-_FTFY_INERT = re.compile("[\x20-\x25\x27-\x7e\u0590-\u1dff\u3040-\ud7ff\U0001f000-\U0001faff]*")
-
-
-def clean_text(text: str) -> str:
-    """SimpleTokenizer's `clean='lower'`: ftfy, HTML unescape twice, collapse whitespace, lower-case.
-
-    Fast path: text that ftfy and HTML unescaping leave unchanged (see `_FTFY_INERT`) only has its
-    whitespace and case touched (ftfy costs several times the BPE itself).
-    """
-    if text.isascii():
-        if text.isprintable() and "&" not in text:
-            return " ".join(text.split()).lower()
-    elif _FTFY_INERT.fullmatch(text) and unicodedata.is_normalized("NFC", text):
-        return " ".join(text.split()).lower()
-    import ftfy
-
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).lower()
 
 
 def openai_vocab_path() -> Path:
@@ -230,8 +206,16 @@ class ClipBPETokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self._backend.decode(_content_ids(ids, self.sot_id, self.eot_id))
 
+    def _overflows(self, cleaned: str) -> bool:
+        """`cleaned` alone gives more ids than a row holds: at least one per pre-token of
+        SimpleTokenizer's pattern, and a row keeps context_length - 2 of them."""
+        need = self.context_length - 1
+        return len(cleaned) >= need and sum(1 for _ in itertools.islice(_SPECIAL_AWARE.finditer(cleaned), need)) >= need
+
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        cleaned = [clean_text(t) for t in texts]
+        # A long multi-line caption is cleaned only as far as its tokens can reach the row: the ids
+        # of a cleaned prefix that ends between words are the first ids of the whole text.
+        cleaned = [clean_text_until(t, self._overflows) for t in texts]
         out = self._backend.tokenize_batch(cleaned, self.context_length).astype(np.int32, copy=False)
         slow = [i for i, t in enumerate(cleaned) if self._needs_reference_path(t)]
         if slow:

@@ -88,3 +88,27 @@ def test_missing_open_clip_wheel_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps open_clip_torch.*path"):
         bpe.openai_vocab_path()
+
+
+@pytest.mark.parametrize("context_length", [16, 77, 200])
+def test_long_multiline_captions_cleaned_only_as_far_as_the_row_reaches(reference, context_length):
+    """Long multi-line captions are cleaned line by line only until their words overflow the row;
+    the ids still equal SimpleTokenizer's, which cleans everything and then truncates."""
+    import random
+
+    from clipray.text.clean import clean_text, clean_text_until
+
+    rng = random.Random(context_length)
+    pieces = varied_captions(3_000, seed=11)
+    texts = [rng.choice(["\n", "\r\n", "\n\n", " \n"]).join(rng.sample(pieces, rng.randint(8, 60))) for _ in range(150)]
+    texts += ["Σ\n" + "ΑΣ\nσ " * 400, "&amp;\n" * 600, "<b>\n" + "&lt;x&gt;\n" * 300, "Ã©\n" * 700]
+    # One id per line, lines of every length: some prefix is checked with just too few ids.
+    texts += [("cat" + " " * k + "\n") * (1100 // (k + 4) + 250) + "end" for k in range(60)]
+    tok = load_tokenizer("openai", context_length=context_length)
+    expected = reference.SimpleTokenizer(context_length=context_length)(texts).numpy()
+    ours = tok(texts)
+    mismatches = [t[:80] for i, t in enumerate(texts) if not np.array_equal(expected[i], ours[i])]
+    assert not mismatches, f"{len(mismatches)} mismatches, first: {mismatches[:3]}"
+    cut = [t for t in texts if clean_text_until(t, tok._overflows) != clean_text(t)]
+    assert len(cut) > 50  # the shortcut was really taken
+    assert all(clean_text(t).startswith(clean_text_until(t, tok._overflows) + " ") for t in cut)

@@ -1,0 +1,275 @@
+"""CLIP's caption cleaning (`clean_text`) with the exact output of open_clip's `SimpleTokenizer`,
+which runs `ftfy.fix_text`, `html.unescape` twice, a whitespace collapse and lower-casing.
+
+`ftfy.fix_text` costs several times the BPE itself, and much of it goes to lines that it leaves
+alone or only touches with cheap character fixes. So each ftfy segment (a line, cut as ftfy cuts
+the text) goes one of three ways, each equal to ftfy's result by ftfy's own code (6.3.1, cited):
+
+1. ftfy provably leaves it unchanged, or only unescapes HTML entities in it: done without ftfy.
+2. Only ftfy's character fixes act (curly quotes, fullwidth forms, ligatures, line separators,
+   control characters, NFC) and its mojibake repair provably does not: `ftfy.fix_text_segment`
+   with `fix_encoding=False, unescape_html=False`, about half the cost of the full call.
+3. Anything else (mojibake, C1 controls, surrogates, ...): the full `ftfy.fix_text_segment`.
+
+The proof for 1 and 2 follows `ftfy.fix_and_explain` on one segment: it loops, until the text
+stops changing, over `unescape_html`, `fix_encoding`, a pass of character fixers (`_PASS_FIXERS`)
+and NFC; `fix_encoding` returns ASCII text and text that `ftfy.badness.is_bad` does not flag as it
+is. Nothing here copies ftfy's logic: the tables of characters its fixers change are computed by
+calling those fixers, and badness, HTML unescaping and the fixes are ftfy's own functions. The
+segments that need ftfy's mojibake repair (case 3) bound the speed-up on mojibake-heavy text.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import re
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ftfy import TextFixerConfig
+
+# The character fixers of one pass of `ftfy.fix_and_explain` (its list after `fix_encoding`),
+# by their names in `ftfy.FIXERS` and `ftfy.TextFixerConfig`. All of them act character by character
+# (`str.translate` or a one-character regex), except `fix_line_breaks` ("\r\n" -> "\n") and
+# `remove_terminal_escapes` (ESC [ ... letter), whose trigger characters "\r" and ESC are themselves
+# changed when alone (by `fix_line_breaks` and `remove_control_chars`), so they are never inert.
+_PASS_FIXERS = (
+    "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
+    "fix_line_breaks", "fix_surrogates", "remove_terminal_escapes", "remove_control_chars",
+)
+_MAX_CODE_POINT = 0x110000
+# The ftfy release whose fix_text / fix_and_explain the shortcuts were proven against, and its
+# configuration fields: another release (new fixers, another loop) gets plain ftfy.fix_text.
+_PROVEN_FTFY = ("6", "3")
+_PROVEN_FIELDS = frozenset({
+    "unescape_html", "remove_terminal_escapes", "fix_encoding", "restore_byte_a0", "replace_lossy_sequences",
+    "decode_inconsistent_utf8", "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
+    "fix_line_breaks", "fix_surrogates", "remove_control_chars", "normalization", "max_decode_length", "explain",
+})
+
+
+@dataclass(frozen=True)
+class _Ftfy:
+    """ftfy's functions and the character tables derived from them, built once per process."""
+
+    shortcuts: bool  # False: an ftfy release the shortcuts were not proven for
+    fix_text: Callable[..., str]
+    fix_text_segment: Callable[..., str]
+    is_bad: Callable[[str], bool]
+    unescape_html: Callable[[str], str]
+    full: TextFixerConfig  # fix_text's default (explain=False, as fix_text sets it)
+    full_no_html: TextFixerConfig  # the same after a segment containing "<" (fix_text turns unescape_html off)
+    fixes_only: TextFixerConfig  # only the character fixers and NFC: no fix_encoding, no unescape_html
+    max_segment: int
+    not_inert: re.Pattern[str]  # characters that some pass fixer changes
+    not_simple: re.Pattern[str]  # ... and that are not "simple" (see `_simple_characters`)
+
+
+def changed_code_points(fixers: list[Callable[[str], str]]) -> list[int]:
+    """Code points that at least one of `fixers` changes when given that character alone.
+
+    Bisection over blocks of code points: a block the fixers all return unchanged holds none (they
+    act per character, see `_PASS_FIXERS`), which takes a fraction of one call per code point.
+    """
+    out: list[int] = []
+
+    def visit(lo: int, hi: int) -> None:
+        block = "".join(map(chr, range(lo, hi)))
+        if all(f(block) == block for f in fixers):
+            return
+        if hi - lo <= 64:  # small enough to try each character
+            out.extend(cp for cp in range(lo, hi) if any(f(chr(cp)) != chr(cp) for f in fixers))
+            return
+        mid = (lo + hi) // 2
+        visit(lo, mid)
+        visit(mid, hi)
+
+    for start in range(0, _MAX_CODE_POINT, 4096):
+        visit(start, min(start + 4096, _MAX_CODE_POINT))
+    return out
+
+
+def _simple_characters(changed: set[int], fixers: list[Callable[[str], str]]) -> set[int]:
+    """Changed characters whose every fixer output is made only of unchanged (inert) characters.
+
+    Whatever fixer of a pass acts first on such a character, its output is inert, so the later
+    fixers of that pass and every later pass leave it alone: one pass fixes a segment whose changed
+    characters are all simple, and `fix_text(seg, fixes_only)` returns exactly that first pass
+    (followed by NFC, which cannot produce changed characters: tests/unit/test_clean_text.py).
+    Surrogates are left out: `fix_surrogates` joins pairs into other characters.
+    """
+    simple = set()
+    for cp in changed:
+        if 0xD800 <= cp <= 0xDFFF:
+            continue
+        ch = chr(cp)
+        if all(f(ch) == ch or not any(ord(c) in changed for c in f(ch)) for f in fixers):
+            simple.add(cp)
+    return simple
+
+
+def _char_class(code_points: set[int]) -> re.Pattern[str]:
+    """A compiled `[...]` of the given code points, written as ranges."""
+    cps = sorted(code_points)
+    parts: list[str] = []
+    i = 0
+    while i < len(cps):
+        j = i
+        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
+            j += 1
+        lo, hi = chr(cps[i]), chr(cps[j])
+        parts.append(re.escape(lo) if i == j else f"{re.escape(lo)}-{re.escape(hi)}")
+        i = j + 1
+    return re.compile("[" + "".join(parts) + "]" if parts else "(?!)")  # (?!) never matches
+
+
+@functools.cache
+def ftfy_tables() -> _Ftfy:
+    import ftfy
+    from ftfy.badness import is_bad
+    from ftfy.fixes import unescape_html
+
+    full = ftfy.TextFixerConfig(explain=False)
+    shortcuts = (tuple(ftfy.__version__.split(".")[:2]) == _PROVEN_FTFY and set(full._fields) == _PROVEN_FIELDS
+                 and all(name in ftfy.FIXERS for name in _PASS_FIXERS))
+    fixers = [ftfy.FIXERS[name] for name in _PASS_FIXERS] if shortcuts else []
+    changed = set(changed_code_points(fixers)) if shortcuts else set()
+    simple = _simple_characters(changed, fixers)
+    return _Ftfy(
+        shortcuts=shortcuts,
+        fix_text=ftfy.fix_text,
+        fix_text_segment=ftfy.fix_text_segment,
+        is_bad=is_bad,
+        unescape_html=unescape_html,
+        full=full,
+        full_no_html=full._replace(unescape_html=False),
+        fixes_only=full._replace(fix_encoding=False, unescape_html=False),
+        max_segment=full.max_decode_length,
+        not_inert=_char_class(changed),
+        not_simple=_char_class(changed - simple),
+    )
+
+
+def _encoding_quiet(ft: _Ftfy, text: str) -> bool:
+    """`ftfy.fix_encoding` returns `text` unchanged: `_fix_encoding_one_step_and_explain` returns
+    ASCII text (`possible_encoding(text, "ascii")`) and text that `is_bad` does not flag as they
+    are, and `fix_encoding_and_explain` stops as soon as a step changes nothing."""
+    return text.isascii() or not ft.is_bad(text)
+
+
+def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
+    """`ftfy.fix_text` of one of its segments (`seg` holds no "\\n" but at its end).
+
+    `html_on`: no earlier segment of the text contained "<" (`fix_text` turns `unescape_html` off
+    from the first segment with "<" on, and `fix_and_explain` when its own text has one).
+
+    `fix_and_explain` loops until its text stops changing: unescape_html, fix_encoding, the pass of
+    `_PASS_FIXERS`, NFC. Its first iteration is followed here step by step while ftfy provably
+    skips the expensive one (fix_encoding), and the second is shown to change nothing; any segment
+    where that cannot be shown goes to ftfy as a whole.
+    """
+    config = ft.full if html_on else ft.full_no_html
+    html_on = html_on and "<" not in seg
+    # unescape_html only rewrites `&...;` matches: without "&" it returns seg as it is.
+    text = ft.unescape_html(seg) if html_on and "&" in seg else seg
+    if _encoding_quiet(ft, text):
+        if ft.not_inert.search(text) is None and unicodedata.is_normalized("NFC", text):
+            fixed = text  # no pass fixer changes any of its characters, and it is NFC
+        elif ft.not_simple.search(text) is None:
+            # One pass then NFC, exactly: see `_simple_characters`.
+            fixed = ft.fix_text_segment(text, ft.fixes_only)
+        else:
+            return ft.fix_text_segment(seg, config)
+        if fixed == seg:
+            return seg  # the first iteration changed nothing: fix_and_explain returns
+        # Second iteration: `fixed` is made of inert characters and is NFC (the pass and NFC leave
+        # it alone), so it ends the loop if unescape_html and fix_encoding leave it alone too.
+        html_quiet = not html_on or "&" not in fixed or ft.unescape_html(fixed) == fixed
+        if html_quiet and (fixed is text or _encoding_quiet(ft, fixed)):
+            return fixed
+    return ft.fix_text_segment(seg, config)
+
+
+def _segments(text: str) -> Iterator[str]:
+    """The pieces `ftfy.fix_text` cuts `text` into (up to `max_decode_length` characters)."""
+    pos = 0
+    while pos < len(text):
+        end = text.find("\n", pos) + 1 or len(text)
+        yield text[pos:end]
+        pos = end
+
+
+def _fixed_segments(text: str) -> Iterator[str]:
+    """`ftfy.fix_text(text)` piece by piece.
+
+    ftfy.fix_text cuts the text after each "\\n" (and every `max_decode_length` characters) and
+    calls `fix_and_explain` on each piece; "<" in a piece turns `unescape_html` off from there on.
+    Calling `ftfy.fix_text_segment` on each piece with that configuration is the same call.
+    """
+    ft = ftfy_tables()
+    if len(text) > ft.max_segment or not ft.shortcuts:  # ftfy would also cut inside lines
+        yield ft.fix_text(text, ft.full)
+        return
+    html_on = True
+    for seg in _segments(text):
+        yield _fix_segment(ft, seg, html_on)
+        html_on = html_on and "<" not in seg
+
+
+def fix_text(text: str) -> str:
+    """`ftfy.fix_text(text)` with its default configuration."""
+    ft = ftfy_tables()
+    if "\n" not in text and len(text) <= ft.max_segment and ft.shortcuts:
+        return _fix_segment(ft, text, True)
+    return "".join(_fixed_segments(text))
+
+
+def _finish(fixed: str) -> str:
+    """The rest of SimpleTokenizer's cleaning after ftfy (html.unescape returns at once without "&")."""
+    return " ".join(html.unescape(html.unescape(fixed)).split()).lower()
+
+
+def clean_text(text: str) -> str:
+    """SimpleTokenizer's `clean='lower'`: ftfy, HTML unescape twice, collapse whitespace, lower-case.
+
+    Printable ASCII without "&" skips ftfy entirely: no pass fixer changes it, it is NFC, and
+    fix_encoding and unescape_html return it unchanged (see `_fix_segment`).
+    """
+    if text.isascii() and text.isprintable() and "&" not in text and ftfy_tables().shortcuts:
+        return " ".join(text.split()).lower()
+    return _finish(fix_text(text))
+
+
+LONG_TEXT = 512  # characters: shorter texts are cleaned whole
+
+
+def clean_text_until(text: str, enough: Callable[[str], bool]) -> str:
+    """`clean_text(text)`, or for a long multi-line text possibly a prefix of it: the cleaning of
+    its first lines, as soon as `enough` holds for that (a tokenizer: "these words overflow the
+    context already"). The prefix is `clean_text(text)` cut before a space.
+
+    Why the prefix is exact: ftfy fixes each line on its own (`_fixed_segments`), and a fixed line
+    that still ends in "\\n" separates it from the rest for html.unescape (its entity pattern stops
+    at "\\n"), for the whitespace collapse, and for lower-casing (the final-sigma rule looks only
+    across case-ignorable characters, which whitespace is not).
+    """
+    ft = ftfy_tables()
+    if len(text) < LONG_TEXT or "\n" not in text or len(text) > ft.max_segment or not ft.shortcuts:
+        return clean_text(text)
+    fixed: list[str] = []
+    size, check_at = 0, 256
+    segments = _fixed_segments(text)
+    for piece in segments:
+        fixed.append(piece)
+        size += len(piece)
+        if size >= check_at and piece.endswith("\n"):
+            check_at *= 2  # doubling keeps the checks linear in the text's length
+            cleaned = _finish("".join(fixed))
+            if enough(cleaned):
+                segments.close()
+                return cleaned
+    return _finish("".join(fixed))
