@@ -134,17 +134,6 @@ def cpu_seconds() -> float:
     return _METER.sample()
 
 
-def idle_cpu_rate(seconds: float = 10.0) -> float:
-    """CPU-seconds per second that this process tree burns doing nothing (Ray's daemons polling).
-
-    On a machine shared with other work a run takes longer in wall time, and this fixed cost grows
-    with it: the 'net' figures subtract it to give the per-row cost.
-    """
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    time.sleep(seconds)
-    return (cpu_seconds() - c0) / (time.perf_counter() - t0)
-
-
 def _timed(fn: Any) -> tuple[Any, float, float]:
     """fn() with its wall seconds and the CPU seconds of this process tree while it ran."""
     c0, t0 = cpu_seconds(), time.perf_counter()
@@ -203,20 +192,28 @@ def ray_pipeline(cfg: Any, files: list[str] | None = None) -> dict[str, float]:
 
 
 def _consume(batch_rows: Any) -> dict[str, float]:
-    """Figures over the whole run and over its steady state (from the first batch on, so that worker
-    start-up, imports and actor construction are left out: they do not grow with the data)."""
+    """Rows, wall seconds and CPU seconds of this process tree while `batch_rows` is consumed."""
     c0, t0 = cpu_seconds(), time.perf_counter()
-    rows, first = 0, None
-    for n in batch_rows:
-        rows += n
-        if first is None:
-            first = (rows, cpu_seconds(), time.perf_counter())
-    c1, t1 = cpu_seconds(), time.perf_counter()
-    out = _figures(rows, t1 - t0, c1 - c0)
-    if first is not None and rows > first[0] and c1 > first[1]:
-        out["steady_rows_per_cpu_s"] = (rows - first[0]) / (c1 - first[1])
-        out["steady_rows_per_s"] = (rows - first[0]) / (t1 - first[2])
-    return out
+    rows = sum(batch_rows)
+    return _figures(rows, time.perf_counter() - t0, cpu_seconds() - c0)
+
+
+def marginal(big: dict[str, float], small: dict[str, float]) -> dict[str, float]:
+    """Per-row cost from two runs of different sizes: (CPU_big - CPU_small) / (rows_big - rows_small).
+
+    The fixed costs of one run (worker processes, imports, actor construction, Ray Data's
+    executor starting up) are the same in both and cancel, however much data each pipeline
+    buffers; what is left is what every further row costs, the figure that matters for a stream
+    of millions of rows. Also returns the fixed cost itself: CPU_small minus its rows' marginal cost.
+    """
+    rows = big["rows"] - small["rows"]
+    cpu = big["cpu_s"] - small["cpu_s"]
+    wall = big["wall_s"] - small["wall_s"]
+    if rows <= 0 or cpu <= 0 or wall <= 0:
+        return {}
+    return {"rows_per_cpu_s": rows / cpu, "rows_per_s": rows / wall,
+            "fixed_cpu_s": small["cpu_s"] - small["rows"] * cpu / rows,
+            "fixed_wall_s": small["wall_s"] - small["rows"] * wall / rows}
 
 
 def _figures(rows: int, wall: float, cpu: float) -> dict[str, float]:
@@ -259,15 +256,20 @@ class _ParquetRows:
 
 
 def dataloader(cfg: Any, files: list[str], workers: int) -> dict[str, float]:
+    """The DataLoader recipe, reading the parquet included (as the tight loop and Ray Data do)."""
     import torch
     from torch.utils.data import DataLoader
 
-    ds = _ParquetRows(files, cfg.model.vision.image_size, cfg.model.text.context_length, cfg.text.tokenizer)
-    loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=workers, shuffle=True,
-                        collate_fn=lambda items: {k: torch.from_numpy(np.stack([it[k] for it in items]))
-                                                  for k in items[0]},
-                        persistent_workers=False, prefetch_factor=4 if workers else None)
-    return _consume(len(batch["image"]) for batch in loader)
+    def batches() -> Any:
+        ds = _ParquetRows(files, cfg.model.vision.image_size, cfg.model.text.context_length, cfg.text.tokenizer)
+        loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=workers, shuffle=True,
+                            collate_fn=lambda items: {k: torch.from_numpy(np.stack([it[k] for it in items]))
+                                                      for k in items[0]},
+                            persistent_workers=False, prefetch_factor=4 if workers else None)
+        for batch in loader:
+            yield len(batch["image"])
+
+    return _consume(batches())
 
 
 def run(args: argparse.Namespace) -> int:
@@ -292,12 +294,13 @@ def run(args: argparse.Namespace) -> int:
     }
     weed = None
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the benchmark's own embedded cluster
+    # Every measurement runs over all files and over the first third of them (see `marginal`).
+    part = files[: max(1, len(files) // 3)]
     try:
-        results["tight_loop"] = tight_loop(local_cfg, files)
-        _print("tight loop (1 process, no Ray)", results["tight_loop"])
-        other = "pil" if args.jpeg_decoder == "simplejpeg" else "simplejpeg"
-        results[f"tight_loop_{other}"] = tight_loop(bench_config(str(data), args, jpeg_decoder=other), files)
-        _print(f"tight loop, jpeg_decoder={other}", results[f"tight_loop_{other}"])
+        for name, cfg in (("tight_loop", local_cfg),
+                          (f"tight_loop_{_other(args.jpeg_decoder)}",
+                           bench_config(str(data), args, jpeg_decoder=_other(args.jpeg_decoder)))):
+            _measure(results, name, lambda fs, cfg=cfg: tight_loop(cfg, fs), files, part)
 
         s3_cfg = None
         if not args.local_only:
@@ -305,17 +308,14 @@ def run(args: argparse.Namespace) -> int:
         # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
         ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
         ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
-        results["ray_idle_cpu_per_s"] = idle_cpu_rate()
-        print(f"Ray processes at rest use {results['ray_idle_cpu_per_s']:.3f} CPU (subtracted in 'net' figures)")
-        results["ray_local"] = ray_pipeline(local_cfg)
-        _print("clipray, Ray Data, local", results["ray_local"])
+        _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part)
         if s3_cfg is not None:
-            results["ray_s3"] = ray_pipeline(s3_cfg)
-            _print("clipray, Ray Data, S3", results["ray_s3"])
+            s3_files = list_source_files(s3_cfg)
+            _measure(results, "ray_s3", lambda fs: ray_pipeline(s3_cfg, files=fs), s3_files,
+                     s3_files[: len(part)])
         ray.shutdown()
 
-        results["dataloader"] = dataloader(local_cfg, files, args.cpus)
-        _print(f"torch DataLoader ({args.cpus} workers)", results["dataloader"])
+        _measure(results, "dataloader", lambda fs: dataloader(local_cfg, fs, args.cpus), files, part)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -323,44 +323,69 @@ def run(args: argparse.Namespace) -> int:
             weed.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
-    ceiling = results["tight_loop"]["rows_per_cpu_s"]
-    dl = results["dataloader"]
-    for name in ("ray_local", "ray_s3"):
-        if name in results:
-            r = results[name]
-            r["per_core_vs_tight_loop"] = r["rows_per_cpu_s"] / ceiling
-            r["vs_dataloader_per_core"] = r["rows_per_cpu_s"] / dl["rows_per_cpu_s"]
-            r["vs_dataloader_wall"] = r["rows_per_s"] / dl["rows_per_s"]
-            line = (f"{name}: whole run: per core / tight loop {r['per_core_vs_tight_loop']:.2f} (target >= 0.70), "
-                    f"/ DataLoader per core {r['vs_dataloader_per_core']:.2f}, wall {r['vs_dataloader_wall']:.2f}")
-            if "steady_rows_per_cpu_s" in r and "steady_rows_per_cpu_s" in dl:
-                r["steady_per_core_vs_tight_loop"] = r["steady_rows_per_cpu_s"] / ceiling
-                r["steady_vs_dataloader_per_core"] = r["steady_rows_per_cpu_s"] / dl["steady_rows_per_cpu_s"]
-                line += (f"; steady state: per core / tight loop {r['steady_per_core_vs_tight_loop']:.2f}, "
-                         f"/ DataLoader per core {r['steady_vs_dataloader_per_core']:.2f} (target >= 1.5)")
-            idle = results.get("ray_idle_cpu_per_s", 0.0)
-            net_cpu = r["cpu_s"] - idle * r["wall_s"]
-            if net_cpu > 0:
-                r["net_rows_per_cpu_s"] = r["rows"] / net_cpu
-                r["net_per_core_vs_tight_loop"] = r["net_rows_per_cpu_s"] / ceiling
-                r["net_vs_dataloader_per_core"] = r["net_rows_per_cpu_s"] / dl["rows_per_cpu_s"]
-                line += (f"; net of Ray's idle CPU: {r['net_rows_per_cpu_s']:.1f} rows per CPU-s, per core / tight "
-                         f"loop {r['net_per_core_vs_tight_loop']:.2f}, / DataLoader {r['net_vs_dataloader_per_core']:.2f}")
-            print(line)
+    _verdict(results)
     if args.json:
         print(json.dumps(results))
     return 0
 
 
-def _print(name: str, r: dict[str, float]) -> None:
-    steady = (f"; steady state {r['steady_rows_per_cpu_s']:.1f} per CPU-s, {r['steady_rows_per_s']:.1f}/s wall"
-              if "steady_rows_per_cpu_s" in r else "")
-    print(f"{name + ':':40s}{r['rows_per_cpu_s']:7.1f} rows per CPU-second; {r['rows_per_s']:7.1f} rows/s wall "
-          f"({r['rows']} rows, {r['cpu_s']:.1f} CPU-s, {r['wall_s']:.1f} s){steady}", flush=True)
+def _other(decoder: str) -> str:
+    return "pil" if decoder == "simplejpeg" else "simplejpeg"
+
+
+def _measure(results: dict[str, Any], name: str, fn: Any, files: list[str], part: list[str]) -> None:
+    """`fn(files)` then `fn(part)`: the whole-run figures of the first and the marginal ones of both."""
+    big = fn(files)
+    small = fn(part)
+    big["marginal"] = marginal(big, small)
+    big["small_run"] = small
+    results[name] = big
+    _print(LABELS.get(name, name), big)
+
+
+LABELS = {"tight_loop": "tight loop (1 process, no Ray)", "tight_loop_pil": "tight loop, jpeg_decoder=pil",
+          "tight_loop_simplejpeg": "tight loop, jpeg_decoder=simplejpeg", "ray_local": "clipray, Ray Data, local",
+          "ray_s3": "clipray, Ray Data, S3", "dataloader": "torch DataLoader"}
+
+
+def _verdict(results: dict[str, Any]) -> None:
+    """The ratios the targets are about, per CPU-second: over whole runs and per further row."""
+    tl, dl = results["tight_loop"], results["dataloader"]
+    for name in ("ray_local", "ray_s3"):
+        if name not in results:
+            continue
+        r = results[name]
+        r["per_core_vs_tight_loop"] = r["rows_per_cpu_s"] / tl["rows_per_cpu_s"]
+        r["vs_dataloader_per_core"] = r["rows_per_cpu_s"] / dl["rows_per_cpu_s"]
+        r["vs_dataloader_wall"] = r["rows_per_s"] / dl["rows_per_s"]
+        line = (f"{name}: whole run ({r['rows']} rows): per core {r['per_core_vs_tight_loop']:.2f} x tight loop, "
+                f"{r['vs_dataloader_per_core']:.2f} x DataLoader (wall {r['vs_dataloader_wall']:.2f} x)")
+        m, mtl, mdl = r["marginal"], tl["marginal"], dl["marginal"]
+        if m and mtl and mdl:
+            m["per_core_vs_tight_loop"] = m["rows_per_cpu_s"] / mtl["rows_per_cpu_s"]
+            m["vs_dataloader_per_core"] = m["rows_per_cpu_s"] / mdl["rows_per_cpu_s"]
+            m["vs_dataloader_wall"] = m["rows_per_s"] / mdl["rows_per_s"]
+            line += (f"; per further row: per core {m['per_core_vs_tight_loop']:.2f} x tight loop (target >= 0.70), "
+                     f"{m['vs_dataloader_per_core']:.2f} x DataLoader (target >= 1.5; wall "
+                     f"{m['vs_dataloader_wall']:.2f} x); fixed start-up {m['fixed_cpu_s']:.1f} CPU-s")
+        print(line, flush=True)
+
+
+def _print(name: str, r: dict[str, Any]) -> None:
+    m = r.get("marginal") or {}
+    further = (f"; per further row: {m['rows_per_cpu_s']:.1f} per CPU-s, {m['rows_per_s']:.1f}/s wall, "
+               f"fixed {m['fixed_cpu_s']:.1f} CPU-s / {m['fixed_wall_s']:.1f} s" if m else "")
+    print(f"{name + ':':38s}{r['rows_per_cpu_s']:7.1f} rows per CPU-second; {r['rows_per_s']:7.1f} rows/s wall "
+          f"({r['rows']} rows, {r['cpu_s']:.1f} CPU-s, {r['wall_s']:.1f} s){further}", flush=True)
 
 
 def _start_s3(tmp: Path, data: Path, args: argparse.Namespace) -> tuple[Any, Any]:
     """A SeaweedFS S3 server on 127.0.0.1 holding the benchmark parquet (needs the `test` extra)."""
+    import sys
+
+    checkout = str(Path(__file__).resolve().parents[2])  # the repository, when clipray runs from one
+    if (Path(checkout) / "tests" / "support").is_dir() and checkout not in sys.path:
+        sys.path.append(checkout)
     try:
         from tests.support.seaweedfs import SeaweedFS
     except ImportError as e:
