@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPU cores for Ray and the DataLoader")
     p.add_argument("--local-only", action="store_true", help="skip the S3 (SeaweedFS) measurement")
     p.add_argument("--jpeg-decoder", default="simplejpeg", choices=["simplejpeg", "pil"])
+    p.add_argument("--batch-size", type=int, default=128, help="rows per batch in the CPU stage (data.batch_size)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="runs of each size per measurement; the medians are compared (start-up costs vary)")
     p.add_argument("--data", default=None, help="reuse/keep the generated parquet in this directory")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
 
@@ -147,7 +150,8 @@ def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
     # One actor per core runs the ops; read tasks get the rest of a core between them.
     return load_config(data={
         "name": "bench-data",
-        "data": {"source": source, "batch_size": 64, "concurrency": args.cpus, "num_cpus": 0.75,
+        "data": {"source": source, "batch_size": getattr(args, "batch_size", 128), "concurrency": args.cpus,
+                 "num_cpus": 0.75,
                  "jpeg_decoder": args.jpeg_decoder, **data},
         "model": {"vision": {"image_size": args.image_size, "patch_size": 16 if args.image_size % 32 else 32}},
         "ray": {"num_cpus": args.cpus},
@@ -300,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         for name, cfg in (("tight_loop", local_cfg),
                           (f"tight_loop_{_other(args.jpeg_decoder)}",
                            bench_config(str(data), args, jpeg_decoder=_other(args.jpeg_decoder)))):
-            _measure(results, name, lambda fs, cfg=cfg: tight_loop(cfg, fs), files, part)
+            _measure(results, name, lambda fs, cfg=cfg: tight_loop(cfg, fs), files, part, args.repeats)
 
         s3_cfg = None
         if not args.local_only:
@@ -308,14 +312,15 @@ def run(args: argparse.Namespace) -> int:
         # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
         ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
         ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
-        _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part)
+        _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part, args.repeats)
         if s3_cfg is not None:
             s3_files = list_source_files(s3_cfg)
             _measure(results, "ray_s3", lambda fs: ray_pipeline(s3_cfg, files=fs), s3_files,
-                     s3_files[: len(part)])
+                     s3_files[: len(part)], args.repeats)
         ray.shutdown()
 
-        _measure(results, "dataloader", lambda fs: dataloader(local_cfg, fs, args.cpus), files, part)
+        _measure(results, "dataloader", lambda fs: dataloader(local_cfg, fs, args.cpus), files, part,
+                 args.repeats)
     finally:
         if ray.is_initialized():
             ray.shutdown()
@@ -333,14 +338,27 @@ def _other(decoder: str) -> str:
     return "pil" if decoder == "simplejpeg" else "simplejpeg"
 
 
-def _measure(results: dict[str, Any], name: str, fn: Any, files: list[str], part: list[str]) -> None:
-    """`fn(files)` then `fn(part)`: the whole-run figures of the first and the marginal ones of both."""
-    big = fn(files)
-    small = fn(part)
+def _measure(results: dict[str, Any], name: str, fn: Any, files: list[str], part: list[str],
+             repeats: int) -> None:
+    """`fn(part)` and `fn(files)`, alternating, `repeats` times each; the medians of each size give the
+    whole-run figures (all files) and the marginal ones (see `marginal`)."""
+    smalls, bigs = [], []
+    for _ in range(repeats):
+        smalls.append(fn(part))
+        bigs.append(fn(files))
+    big, small = _median_run(bigs), _median_run(smalls)
     big["marginal"] = marginal(big, small)
     big["small_run"] = small
+    big["repeats"] = repeats
     results[name] = big
     _print(LABELS.get(name, name), big)
+
+
+def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
+    rows = runs[0]["rows"]
+    if any(r["rows"] != rows for r in runs):
+        raise RuntimeError(f"runs over the same files delivered different row counts: {[r['rows'] for r in runs]}")
+    return _figures(rows, float(np.median([r["wall_s"] for r in runs])), float(np.median([r["cpu_s"] for r in runs])))
 
 
 LABELS = {"tight_loop": "tight loop (1 process, no Ray)", "tight_loop_pil": "tight loop, jpeg_decoder=pil",
