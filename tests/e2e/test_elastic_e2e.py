@@ -148,9 +148,12 @@ def test_node_lost_then_added_back(cluster, tmp_path: Path, short_tmp: Path):
                                           key=lambda m: m.step)]
     phases = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]
     assert phases == [2, 1, 2], sizes
-    assert client.get_metric_history(run_id, "train/restarts")[-1].value == 2.0
-    tags = run.data.tags
-    assert "clipray.restart.1.cause" in tags and tags["clipray.restart.2.cause"] == "elastic resize: 1 -> 2 workers"
+    # Two restarts: the node loss, then the growth (one more if Ray retried a start that timed out).
+    restarts = int(client.get_metric_history(run_id, "train/restarts")[-1].value)
+    causes = [run.data.tags.get(f"clipray.restart.{n}.cause") for n in range(1, restarts + 1)]
+    assert restarts >= 2 and all(causes), causes
+    assert "died" in causes[0] or "Error" in causes[0], causes
+    assert causes[-1] == "elastic resize: 1 -> 2 workers", causes
 
     # The samples that count: per step, those of the attempt that got past it (its last writer).
     lines = _steps(samples)
