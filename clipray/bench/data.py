@@ -101,6 +101,7 @@ class _CpuMeter:
         import threading
 
         self.last: dict[tuple[int, float], float] = {}
+        self.titles: dict[tuple[int, float], str] = {}  # latest process title (Ray renames its workers)
         self.lock = threading.Lock()
         self.interval = interval
         threading.Thread(target=self._loop, daemon=True).start()
@@ -118,12 +119,31 @@ class _CpuMeter:
             try:
                 with proc.oneshot():
                     key, t = (proc.pid, proc.create_time()), proc.cpu_times()
+                    title = " ".join(proc.cmdline()[:1]) or proc.name()
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
             with self.lock:
                 self.last[key] = max(self.last.get(key, 0.0), t.user + t.system)
+                if not title.startswith("ray::IDLE"):
+                    self.titles[key] = title
         with self.lock:
             return sum(self.last.values())
+
+
+    def snapshot(self) -> dict[tuple[int, float], float]:
+        self.sample()
+        with self.lock:
+            return dict(self.last)
+
+    def breakdown(self, before: dict[tuple[int, float], float]) -> dict[str, float]:
+        """CPU seconds since `before`, summed per kind of process (Ray worker title or program)."""
+        after = self.snapshot()
+        out: dict[str, float] = {}
+        for key, total in after.items():
+            title = self.titles.get(key, "?")
+            kind = title.split("(")[0].split(".")[0] if title.startswith("ray::") else Path(title).name or "?"
+            out[kind] = out.get(kind, 0.0) + total - before.get(key, 0.0)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
 _METER: _CpuMeter | None = None
@@ -313,6 +333,7 @@ def run(args: argparse.Namespace) -> int:
         ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
         ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
         _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part, args.repeats)
+        results["ray_local_cpu_by_process"] = _breakdown(lambda: ray_pipeline(local_cfg, files=files))
         if s3_cfg is not None:
             s3_files = list_source_files(s3_cfg)
             _measure(results, "ray_s3", lambda fs: ray_pipeline(s3_cfg, files=fs), s3_files,
@@ -332,6 +353,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(results))
     return 0
+
+
+def _breakdown(fn: Any) -> dict[str, float]:
+    """Run `fn` once more and print where its CPU time went, per kind of process."""
+    cpu_seconds()  # starts the meter
+    assert _METER is not None
+    before = _METER.snapshot()
+    fn()
+    parts = {k: round(v, 2) for k, v in _METER.breakdown(before).items() if v >= 0.05}
+    print("  CPU-s by process: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()), flush=True)
+    return parts
 
 
 def _other(decoder: str) -> str:
