@@ -89,6 +89,9 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     if rank == 0:
         out.put({"peak_mib": (peak - before) / 1024, "time_s": statistics.median(times)})
     if world_size > 1:
+        # Teardown only once every rank is past its last collective: a rank that destroys gloo while a
+        # peer's traffic is still in flight aborts ("terminate called without an active exception").
+        dist.barrier()
         dist.destroy_process_group()
 
 

@@ -57,6 +57,9 @@ def _worker(rank: int, world_size: int, kind: str, init_file: str, out_dir: str)
     torch.save({"loss": loss.detach(), "img_grad": local_img.grad, "txt_grad": local_txt.grad,
                 "scale_grad": local_scale.grad, "bias_grad": local_bias.grad},
                os.path.join(out_dir, f"rank{rank}.pt"))
+    # Teardown only once every rank is past its last collective: a rank that destroys gloo while a
+    # peer's traffic is still in flight aborts ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

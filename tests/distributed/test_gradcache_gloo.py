@@ -79,6 +79,9 @@ def _worker(rank: int, world_size: int, loss: str, init_file: str, out_dir: str,
     dist.all_reduce(value_t)
     if rank == 0:
         torch.save({"loss": float(value_t) / world_size, "grads": g}, os.path.join(out_dir, "out.pt"))
+    # Teardown only once every rank is past its last collective: a rank that destroys gloo while a
+    # peer's traffic is still in flight aborts ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 
