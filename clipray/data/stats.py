@@ -41,11 +41,12 @@ def stats_actor(name: str | None = None) -> Any:
     """A Ray actor holding a `PipelineStats`; cheap (no CPU reserved).
 
     It lives on the caller's node (the driver's, in a training run): the counts must outlive the
-    loss of any other node, which an elastic run survives.
+    loss of any other node, which an elastic run survives. The affinity is hard: a soft one let
+    Ray place it on another node even with the driver's node alive.
     """
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     cls = ray.remote(num_cpus=0, scheduling_strategy=here)(PipelineStats)
     return cls.options(name=name).remote() if name else cls.remote()
