@@ -51,18 +51,18 @@ def cluster(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object
     monkeypatch.setenv("TMPDIR", str(short_tmp))
     (short_tmp / "ray").mkdir()  # where Ray records the address of the cluster it started
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    c = Cluster(initialize_head=True, connect=False, shutdown_at_exit=False,
-                head_node_args={"num_cpus": 2, "object_store_memory": 300 * 2**20,
-                                # A killed node is declared dead in ~1.5 s, not ~15 s: until then
-                                # its resources still count, and a restart would wait for them.
-                                "_system_config": {"health_check_period_ms": 500,
-                                                   "health_check_failure_threshold": 3},
-                                "temp_dir": str(short_tmp / "ray"),
-                                # As on a real cluster: after a node loss Ray Data asks the state
-                                # API (served by the dashboard) about its dead actors.
-                                "include_dashboard": True, "dashboard_host": "127.0.0.1",
-                                "dashboard_port": free_port()})
+    # The head is the first node added, inside the try: a start that fails half-way still stops
+    # whatever it started.
+    c = Cluster(initialize_head=False, connect=False, shutdown_at_exit=False)
     try:
+        c.add_node(num_cpus=2, object_store_memory=300 * 2**20,
+                   # A killed node is declared dead in ~1.5 s, not ~15 s: until then its
+                   # resources still count, and a restart would wait for them.
+                   _system_config={"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+                   temp_dir=str(short_tmp / "ray"),
+                   # As on a real cluster: after a node loss Ray Data asks the state API (served by
+                   # the dashboard) about its dead actors.
+                   include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=free_port())
         yield c
     finally:
         c.shutdown()
