@@ -157,13 +157,6 @@ def cpu_seconds() -> float:
     return _METER.sample()
 
 
-def _timed(fn: Any) -> tuple[Any, float, float]:
-    """fn() with its wall seconds and the CPU seconds of this process tree while it ran."""
-    c0, t0 = cpu_seconds(), time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0, cpu_seconds() - c0
-
-
 def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
     from clipray.config import load_config
 
@@ -186,16 +179,13 @@ def tight_loop(cfg: Any, files: list[str]) -> dict[str, float]:
 
     prep = Preprocess(cfg, train=True)
 
-    def consume() -> int:
-        rows = 0
+    def batch_rows() -> Any:
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=cfg.data.batch_size,
                                                         columns=["key", "caption", "jpg"]):
-                rows += len(prep(batch)["key"])
-        return rows
+                yield len(prep(batch)["key"])
 
-    rows, wall, cpu = _timed(consume)
-    return _figures(rows, wall, cpu)
+    return _consume(batch_rows())
 
 
 def ray_pipeline(cfg: Any, files: list[str] | None = None) -> dict[str, float]:
