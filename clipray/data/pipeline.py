@@ -165,6 +165,7 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     if files is not None:
         shuffle_seed = None  # an explicit list is read in its own order
     names = tuple(config.data.ops)
+    _check_cpu_budget(d)
     dedup = dedup_actor() if d.dedup_images and "dedup_images" in names else None
     ds = read_parquet(src, columns=[*required_columns(config), *d.partition_columns],
                       shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus,
@@ -178,9 +179,27 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
         batch_size=d.batch_size,
         batch_format="pyarrow",  # converted in Preprocess, which survives invalid UTF-8 (arrow_to_columns)
         zero_copy_batch=True,
-        compute=ActorPoolStrategy(min_size=1, max_size=d.concurrency),
+        # A fixed pool: scaling up from one actor takes Ray Data tens of seconds (the pool runs
+        # short of its CPUs meanwhile), and each scale-down and back up pays an actor's start-up
+        # (imports, tokenizer tables) again in the middle of the stream.
+        compute=ActorPoolStrategy(size=d.concurrency),
         num_cpus=d.num_cpus,
     )
+
+
+def _check_cpu_budget(d: Any) -> None:
+    """Warn when the actor pool leaves no CPU for a read task: Ray Data then waits forever."""
+    import logging
+
+    import ray
+
+    need = (d.concurrency + 1) * d.num_cpus  # every actor, plus one parquet read task beside them
+    have = ray.cluster_resources().get("CPU", 0.0) if ray.is_initialized() else None
+    if have is not None and need > have:
+        logging.getLogger(__name__).warning(
+            "data.concurrency=%d actors x data.num_cpus=%g plus one read task need %g CPUs, but the cluster "
+            "has %g: the reads can stall once every actor runs. Lower data.num_cpus or data.concurrency.",
+            d.concurrency, d.num_cpus, need, have)
 
 
 def required_columns(config: PipelineConfig) -> list[str]:
