@@ -13,6 +13,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
+from clipray.data.sources import worker_env
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.train.faults import ENV as FAULT_ENV
@@ -38,14 +39,16 @@ def init_ray(config: PipelineConfig) -> None:
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
+    env = worker_env()
     if address:
         # Workers of an existing cluster do not inherit this process's environment: the fault
         # injection of recovery tests (clipray.train.faults) travels with the job instead.
         fault = os.environ.get(FAULT_ENV)
-        runtime_env = {"env_vars": {FAULT_ENV: fault}} if fault else None
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        env.update({FAULT_ENV: fault} if fault else {})
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
     else:
         ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
+                 runtime_env={"env_vars": env} if env else None,
                  configure_logging=True, logging_level="warning")
 
 
