@@ -179,6 +179,7 @@ def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
 
 def tight_loop(cfg: Any, files: list[str]) -> dict[str, float]:
     """clipray's ops over every file in this one process, no Ray: reading parquet included."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from clipray.data.pipeline import Preprocess
@@ -189,6 +190,8 @@ def tight_loop(cfg: Any, files: list[str]) -> dict[str, float]:
         for f in files:
             for batch in pq.ParquetFile(f).iter_batches(batch_size=cfg.data.batch_size,
                                                         columns=["key", "caption", "jpg"]):
+                # The file's path, as Ray Data's read adds it: duplicates are dropped per file.
+                batch = batch.append_column("path", pa.array([f] * batch.num_rows))
                 yield len(prep(batch)["key"])
 
     return _consume(batch_rows())
@@ -308,7 +311,7 @@ def _plain_image(img: Any, size: int, image_cfg: Any, rng: np.random.Generator) 
             img = img.crop((left, top, left + cw, top + ch))
             break
     img = img.resize((size, size), Image.Resampling.BICUBIC)
-    x = torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div_(255)
+    x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)  # ToTensor copies too
     mean, std = torch.tensor(image_cfg.mean)[:, None, None], torch.tensor(image_cfg.std)[:, None, None]
     return x.sub_(mean).div_(std)
 
@@ -319,7 +322,9 @@ def dataloader(cfg: Any, files: list[str], workers: int, recipe: str = "plain") 
     from torch.utils.data import DataLoader
 
     def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-        return {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+        # np.stack copies numpy rows into one new (writable) array, as torch.stack does tensors.
+        return {k: torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k])
+                else torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
 
     def batches() -> Any:
         ds = _ParquetRows(files, cfg, recipe)
@@ -366,8 +371,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.local_only:
             weed, s3_cfg = _start_s3(tmp, data, args)
         # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
-        ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning",
-                 runtime_env={"env_vars": worker_env()})
+        os.environ.update(worker_env())  # inherited by the embedded cluster's workers (see init_ray)
+        ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
         ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
         _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part, args.repeats)
         results["ray_local_cpu_by_process"] = _breakdown(lambda: ray_pipeline(local_cfg, files=files))

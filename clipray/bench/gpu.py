@@ -208,7 +208,8 @@ def _write_parquet(rows: int, copies: int = 1) -> str:
     if not ray.is_initialized():
         from clipray.data.sources import worker_env
 
-        ray.init(include_dashboard=False, logging_level="warning", runtime_env={"env_vars": worker_env()})
+        os.environ.update(worker_env())  # inherited by the embedded cluster's workers (see init_ray)
+        ray.init(include_dashboard=False, logging_level="warning")
     return os.path.join(out, "train")
 
 

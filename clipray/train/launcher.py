@@ -39,16 +39,18 @@ def init_ray(config: PipelineConfig) -> None:
     if ray.is_initialized():
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    env = worker_env()
     if address:
         # Workers of an existing cluster do not inherit this process's environment: the fault
         # injection of recovery tests (clipray.train.faults) travels with the job instead.
+        env = worker_env()
         fault = os.environ.get(FAULT_ENV)
         env.update({FAULT_ENV: fault} if fault else {})
         ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
     else:
+        # The embedded cluster's workers inherit this environment. (A runtime_env would work too,
+        # but then no worker prestarted by ray.init fits it, and every actor starts a new process.)
+        os.environ.update(worker_env())
         ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                 runtime_env={"env_vars": env} if env else None,
                  configure_logging=True, logging_level="warning")
 
 
