@@ -340,7 +340,6 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from clipray.data.pipeline import list_source_files
-    from clipray.data.sources import worker_env
 
     w, h = (int(v) for v in args.stored.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="crbench-", dir="/tmp"))
@@ -371,7 +370,6 @@ def run(args: argparse.Namespace) -> int:
         if not args.local_only:
             weed, s3_cfg = _start_s3(tmp, data, args)
         # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
-        os.environ.update(worker_env())  # inherited by the embedded cluster's workers (see init_ray)
         ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
         ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
         _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part, args.repeats)

@@ -206,9 +206,6 @@ def _write_parquet(rows: int, copies: int = 1) -> str:
     print(f"wrote {rows} synthetic rows at 224-336 px in {time.perf_counter() - started:.0f} s, "
           f"repeated {copies}x on disk ({rows * copies} rows per pass)", flush=True)
     if not ray.is_initialized():
-        from clipray.data.sources import worker_env
-
-        os.environ.update(worker_env())  # inherited by the embedded cluster's workers (see init_ray)
         ray.init(include_dashboard=False, logging_level="warning")
     return os.path.join(out, "train")
 

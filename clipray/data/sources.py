@@ -182,20 +182,6 @@ def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed:
 
 
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-READER_THREADS_ENV = "RAY_DATA_PARQUET_READER_CPU_COUNT"
-
-
-def worker_env() -> dict[str, str]:
-    """Environment for the cluster's workers (a job's runtime_env): Ray Data's parquet knobs.
-
-    Each parquet read task sets pyarrow's CPU pool to 32 threads by default; a read task reserves
-    a fraction of one CPU (data.num_cpus), and on 2 cores those threads tripled the read's CPU
-    time (3 against 1 CPU-s per 6,000 rows, docs/benchmarks.md). One thread matches what the task
-    reserves. Ray reads the variable when a worker imports its parquet reader, so it must be in
-    the workers' environment, not this process's. A value of the user's own is left alone (Ray
-    refuses a job whose runtime_env and ray.init both set one variable).
-    """
-    return {} if READER_THREADS_ENV in os.environ else {READER_THREADS_ENV: "1"}
 
 
 @contextlib.contextmanager

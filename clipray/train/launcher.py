@@ -13,7 +13,6 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
-from clipray.data.sources import worker_env
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.train.faults import ENV as FAULT_ENV
@@ -42,14 +41,10 @@ def init_ray(config: PipelineConfig) -> None:
     if address:
         # Workers of an existing cluster do not inherit this process's environment: the fault
         # injection of recovery tests (clipray.train.faults) travels with the job instead.
-        env = worker_env()
         fault = os.environ.get(FAULT_ENV)
-        env.update({FAULT_ENV: fault} if fault else {})
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
+        runtime_env = {"env_vars": {FAULT_ENV: fault}} if fault else None
+        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
     else:
-        # The embedded cluster's workers inherit this environment. (A runtime_env would work too,
-        # but then no worker prestarted by ray.init fits it, and every actor starts a new process.)
-        os.environ.update(worker_env())
         ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
                  configure_logging=True, logging_level="warning")
 
