@@ -296,21 +296,13 @@ class _ParquetRows:
 
 def _plain_image(img: Any, size: int, image_cfg: Any, rng: np.random.Generator) -> Any:
     """torchvision's RandomResizedCrop (crop, then bicubic resize), ToTensor and Normalize."""
-    import math
-
     import torch
     from PIL import Image
 
-    w, h = img.size
-    for _ in range(10):
-        target = w * h * rng.uniform(*image_cfg.train_crop_scale)
-        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            img = img.crop((left, top, left + cw, top + ch))
-            break
-    img = img.resize((size, size), Image.Resampling.BICUBIC)
+    from clipray.data.ops.transforms import random_crop_box
+
+    box = random_crop_box(*img.size, image_cfg.train_crop_scale, rng)
+    img = (img.crop(box) if box else img).resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)  # ToTensor copies too
     mean, std = torch.tensor(image_cfg.mean)[:, None, None], torch.tensor(image_cfg.std)[:, None, None]
     return x.sub_(mean).div_(std)

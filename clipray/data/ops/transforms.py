@@ -25,10 +25,10 @@ def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
     return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
-def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float], rng: np.random.Generator,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
-    """Training transform: a random area/aspect crop resized to `size` (as torchvision's RRC)."""
-    w, h = img.size
+def random_crop_box(w: int, h: int, scale: tuple[float, float], rng: np.random.Generator,
+                    ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> tuple[int, int, int, int] | None:
+    """torchvision's RandomResizedCrop box (left, top, right, bottom): area in `scale`, aspect in
+    `ratio`, 10 tries; None when no try fits (the caller falls back to a centre crop)."""
     area = w * h
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -37,9 +37,17 @@ def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float],
         cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < cw <= w and 0 < ch <= h:
             left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
-            box = (left, top, left + cw, top + ch)
-            return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0))
-    return resize_center_crop(img, size)
+            return left, top, left + cw, top + ch
+    return None
+
+
+def random_resized_crop(img: Image.Image, size: int, scale: tuple[float, float], rng: np.random.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> np.ndarray:
+    """Training transform: a random area/aspect crop resized to `size` (as torchvision's RRC)."""
+    box = random_crop_box(*img.size, scale, rng, ratio)
+    if box is None:
+        return resize_center_crop(img, size)
+    return np.asarray(img.resize((size, size), Image.Resampling.BICUBIC, box=box, reducing_gap=3.0))
 
 
 class ImageTransform:
