@@ -272,26 +272,30 @@ class _ParquetRows:
     def __getitem__(self, i: int) -> dict[str, Any]:
         from PIL import Image
 
+        from clipray.data.ops.transforms import random_resized_crop
+
         img = Image.open(io.BytesIO(self.jpgs[i])).convert("RGB")
         rng = np.random.default_rng(i)
-        size, context_length = self.cfg.model.vision.image_size, self.cfg.model.text.context_length
+        size = self.cfg.model.vision.image_size
         if self.recipe == "plain":
-            return {"image": _plain_image(img, size, self.cfg.image, rng), "tokens": self._plain_tokens(i)}
+            image = _plain_image(img, size, self.cfg.image, rng)
+        else:
+            image = random_resized_crop(img, size, self.cfg.image.train_crop_scale, rng)
+        return {"image": image, "tokens": self._tokens(self.captions[i])}
+
+    def _tokens(self, caption: str) -> Any:
         from clipray.data.ops.text import clean_caption
-        from clipray.data.ops.transforms import random_resized_crop
-        from clipray.text import load_tokenizer
 
-        if self.tokenizer is None:
-            self.tokenizer = load_tokenizer(self.cfg.text.tokenizer, context_length=context_length)
-        arr = random_resized_crop(img, size, self.cfg.image.train_crop_scale, rng)
-        return {"image": arr, "tokens": self.tokenizer([clean_caption(self.captions[i])])[0]}
-
-    def _plain_tokens(self, i: int) -> Any:
-        if self.tokenizer is None:
+        if self.tokenizer is None:  # built in the loader worker, not pickled to it
+            from clipray.text import load_tokenizer
             from clipray.text.reference import reference_tokenizer
 
-            self.tokenizer = reference_tokenizer(self.cfg.model.text.context_length)
-        return self.tokenizer(self.captions[i])[0]
+            context_length = self.cfg.model.text.context_length
+            self.tokenizer = (reference_tokenizer(context_length) if self.recipe == "plain"
+                              else load_tokenizer(self.cfg.text.tokenizer, context_length=context_length))
+        if self.recipe == "plain":
+            return self.tokenizer(caption)[0]  # open_clip.tokenize cleans the caption itself
+        return self.tokenizer([clean_caption(caption)])[0]
 
 
 def _plain_image(img: Any, size: int, image_cfg: Any, rng: np.random.Generator) -> Any:

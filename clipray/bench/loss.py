@@ -62,6 +62,8 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     import torch.distributed as dist
     import torch.nn.functional as F
 
+    from clipray.train.parallel import close_process_group
+
     torch.set_num_threads(1)
     if world_size > 1:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
@@ -89,10 +91,7 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     if rank == 0:
         out.put({"peak_mib": (peak - before) / 1024, "time_s": statistics.median(times)})
     if world_size > 1:
-        # Teardown only once every rank is past its last collective: a rank that destroys gloo while a
-        # peer's traffic is still in flight aborts ("terminate called without an active exception").
-        dist.barrier()
-        dist.destroy_process_group()
+        close_process_group()
 
 
 def measure(variant: str, world_size: int, batch: int, dim: int, repeats: int) -> dict[str, float]:

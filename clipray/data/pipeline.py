@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import ray.data
 
     from clipray.config import PipelineConfig
+    from clipray.config.schema import DataConfig
 
 TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")  # the minimal chain
 OUTPUT_COLUMNS = ("key", "image", "tokens", "text_image")
@@ -187,7 +188,7 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     )
 
 
-def _check_cpu_budget(d: Any) -> None:
+def _check_cpu_budget(d: DataConfig) -> None:
     """Warn when the actor pool leaves no CPU for a read task: Ray Data then waits forever."""
     import logging
 

@@ -167,6 +167,9 @@ def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_C
                 )
 
 
+FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
+
+
 def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed: int | None = None,
                  num_cpus: float = 0.25, include_paths: bool = False) -> ray.data.Dataset:
     """A lazy dataset over `src.files`, projected to `columns`; hive partitions become columns."""
@@ -179,9 +182,6 @@ def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed:
     # 1,000 files). Ray reads the variable while read_parquet plans; a user's own value wins.
     with _env_default(FOOTER_ACTORS_ENV, str(min(8, 1 + len(src.files) // 1000))):
         return _read(src, columns, shuffle, num_cpus, include_paths)
-
-
-FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 
 
 @contextlib.contextmanager

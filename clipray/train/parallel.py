@@ -19,6 +19,16 @@ from torch import nn
 from clipray.models.common.transformer import Transformer
 
 
+def close_process_group() -> None:
+    """Leave the process group once every rank is past its last collective.
+
+    A rank that destroys a gloo group while a peer's traffic is still in flight aborts the
+    process ("terminate called without an active exception"); the barrier rules that out.
+    """
+    dist.barrier()
+    dist.destroy_process_group()
+
+
 class Parallel:
     """Wraps `module` for `strategy` at `world_size`; `model` is what the objective calls."""
 

@@ -23,6 +23,7 @@ from clipray.losses import (
     sigmoid_contrastive_loss,
     softmax_contrastive_loss,
 )
+from clipray.train.parallel import close_process_group
 
 B, D = 8, 16
 TOL = 1e-5
@@ -57,10 +58,7 @@ def _worker(rank: int, world_size: int, kind: str, init_file: str, out_dir: str)
     torch.save({"loss": loss.detach(), "img_grad": local_img.grad, "txt_grad": local_txt.grad,
                 "scale_grad": local_scale.grad, "bias_grad": local_bias.grad},
                os.path.join(out_dir, f"rank{rank}.pt"))
-    # Teardown only once every rank is past its last collective: a rank that destroys gloo while a
-    # peer's traffic is still in flight aborts ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    close_process_group()
 
 
 @pytest.mark.parametrize("kind", ["softmax", "sigmoid"])

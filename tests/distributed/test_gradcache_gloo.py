@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 from clipray.config import load_config
 from clipray.train.objectives import ContrastiveObjective
+from clipray.train.parallel import close_process_group
 
 TOL = 1e-5
 N = 32  # full batch
@@ -79,10 +80,7 @@ def _worker(rank: int, world_size: int, loss: str, init_file: str, out_dir: str,
     dist.all_reduce(value_t)
     if rank == 0:
         torch.save({"loss": float(value_t) / world_size, "grads": g}, os.path.join(out_dir, "out.pt"))
-    # Teardown only once every rank is past its last collective: a rank that destroys gloo while a
-    # peer's traffic is still in flight aborts ("terminate called without an active exception").
-    dist.barrier()
-    dist.destroy_process_group()
+    close_process_group()
 
 
 @pytest.mark.parametrize("loss", ["softmax", "sigmoid"])
