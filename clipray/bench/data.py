@@ -336,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from clipray.data.pipeline import list_source_files
+    from clipray.train.launcher import start_local_ray
 
     w, h = (int(v) for v in args.stored.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="crbench-", dir="/tmp"))
@@ -366,7 +367,8 @@ def run(args: argparse.Namespace) -> int:
         if not args.local_only:
             weed, s3_cfg = _start_s3(tmp, data, args)
         # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
-        ray.init(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"), logging_level="warning")
+        start_local_ray(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"),
+                        logging_level="warning")
         ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
         _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part, args.repeats)
         results["ray_local_cpu_by_process"] = _breakdown(lambda: ray_pipeline(local_cfg, files=files))

@@ -13,6 +13,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
+from clipray.data.sources import worker_env
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.train.faults import ENV as FAULT_ENV
@@ -39,14 +40,30 @@ def init_ray(config: PipelineConfig) -> None:
         return
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        # Workers of an existing cluster do not inherit this process's environment: the fault
-        # injection of recovery tests (clipray.train.faults) travels with the job instead.
+        # Workers of an existing cluster do not inherit this process's environment: clipray's
+        # worker settings and the fault injection of recovery tests (clipray.train.faults) travel
+        # with the job instead.
+        env = worker_env()
         fault = os.environ.get(FAULT_ENV)
-        runtime_env = {"env_vars": {FAULT_ENV: fault}} if fault else None
-        ray.init(address=address, log_to_driver=True, runtime_env=runtime_env)
+        if fault:
+            env[FAULT_ENV] = fault
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
     else:
-        ray.init(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True, dashboard_host="127.0.0.1",
-                 configure_logging=True, logging_level="warning")
+        start_local_ray(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True,
+                        dashboard_host="127.0.0.1", configure_logging=True, logging_level="warning")
+
+
+def start_local_ray(**init_kwargs: Any) -> None:
+    """`ray.init(**init_kwargs)` of an embedded cluster whose workers get clipray's `worker_env`.
+
+    The raylet and its workers inherit this process's environment, so the settings go there. A
+    runtime_env would carry them too, but no prestarted worker matches one: every task and actor
+    would start a fresh process.
+    """
+    import ray
+
+    os.environ.update(worker_env())
+    ray.init(**init_kwargs)
 
 
 def storage_path(config: PipelineConfig) -> str:

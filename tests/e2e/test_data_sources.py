@@ -15,6 +15,7 @@ import pytest
 
 from clipray.config import load_config
 from clipray.data.sources import MissingColumnError, SourceError
+from clipray.train.launcher import start_local_ray
 from tests.support.corpus import CORPUS_DATA_CONFIG, write_corpus
 from tests.support.seaweedfs import free_ports
 
@@ -40,7 +41,8 @@ def corpus(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_cluster(s3_server):
-    """An in-process Ray cluster whose workers see the S3 server's AWS variables (the standard chain)."""
+    """An in-process Ray cluster, started as `clipray train` starts one, whose workers see the S3
+    server's AWS variables (the standard chain)."""
     import ray
 
     saved = dict(os.environ)
@@ -49,7 +51,7 @@ def ray_cluster(s3_server):
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ.pop("RAY_ADDRESS", None)
     try:
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, logging_level="warning")
+        start_local_ray(num_cpus=2, include_dashboard=False, _temp_dir=tmp, logging_level="warning")
         yield ray
     finally:
         ray.shutdown()
@@ -74,6 +76,24 @@ def collect(cfg, **kw):
             image = hashlib.sha1(b["image"][i].tobytes()).hexdigest() if "image" in b else None
             rows[str(key)] = (image, b["tokens"][i].tolist(), extra)
     return rows, ray.get(stats.snapshot.remote())
+
+
+def test_parquet_reads_keep_arrows_thread_pool(ray_cluster, corpus):
+    """Ray Data's parquet read task sizes Arrow's CPU pool to 32 threads unless the worker's
+    environment says otherwise; on clipray's cluster Arrow keeps its default, at most a thread per core."""
+    import numpy as np
+    import pyarrow as pa
+    import ray.data
+
+    root, _ = corpus
+    files = sorted(str(p) for p in root.rglob("*.parquet"))
+
+    def arrow_threads(batch):  # runs in the read task's process: the two tasks are fused
+        return {"threads": np.array([pa.cpu_count()])}
+
+    ds = ray.data.read_parquet(files, columns=["key"]).map_batches(arrow_threads, batch_format="pyarrow")
+    threads = [int(row["threads"]) for row in ds.take_all()]
+    assert threads and max(threads) <= (os.cpu_count() or 1), threads
 
 
 def test_local_and_s3_yield_the_same_rows_and_exact_drops(ray_cluster, s3_server, corpus):

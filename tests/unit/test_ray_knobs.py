@@ -1,10 +1,10 @@
-"""The Ray Data knob clipray sets for its reads, and that a user's own value wins."""
+"""The Ray Data knobs clipray sets for its reads and workers, and that a user's own value wins."""
 
 from __future__ import annotations
 
 import os
 
-from clipray.data.sources import FOOTER_ACTORS_ENV, _env_default
+from clipray.data.sources import FOOTER_ACTORS_ENV, READER_CPU_ENV, _env_default, worker_env
 
 
 def test_footer_actor_default_is_scoped_and_yields_to_the_user(monkeypatch):
@@ -16,3 +16,12 @@ def test_footer_actor_default_is_scoped_and_yields_to_the_user(monkeypatch):
     with _env_default(FOOTER_ACTORS_ENV, "1"):
         assert os.environ[FOOTER_ACTORS_ENV] == "16"
     assert os.environ[FOOTER_ACTORS_ENV] == "16"
+
+
+def test_worker_env_leaves_values_already_set_alone(monkeypatch):
+    monkeypatch.delenv(READER_CPU_ENV, raising=False)
+    assert worker_env()[READER_CPU_ENV] == "0"  # Arrow's own default: a thread per core
+    # Set by the user, or by a submitted job's runtime_env (which Ray refuses to merge with a
+    # driver's runtime_env naming the same variable): not repeated.
+    monkeypatch.setenv(READER_CPU_ENV, "8")
+    assert READER_CPU_ENV not in worker_env()
