@@ -184,7 +184,6 @@ def worker_env() -> dict[str, str]:
     return {name: value for name, value in WORKER_ENV_DEFAULTS.items() if name not in os.environ}
 
 
-
 def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed: int | None = None,
                  num_cpus: float = 0.25, include_paths: bool = False) -> ray.data.Dataset:
     """A lazy dataset over `src.files`, projected to `columns`; hive partitions become columns."""
