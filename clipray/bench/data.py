@@ -133,7 +133,6 @@ class _CpuMeter:
         with self.lock:
             return sum(self.last.values())
 
-
     def snapshot(self) -> dict[tuple[int, float], float]:
         self.sample()
         with self.lock:
