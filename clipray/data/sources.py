@@ -169,6 +169,12 @@ def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_C
 
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 READER_CPU_ENV = "RAY_DATA_PARQUET_READER_CPU_COUNT"
+BIN_BYTES_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+# Ray Data packs parquet row groups into read units of up to 128 MiB, and one unit is one task for
+# one preprocessing actor: four 25 MB files made a single unit that left the second actor of two
+# idle, twelve made three units split 7:5 between two actors. Units of 32 MiB keep every actor busy
+# to the end of a chunk of files; a unit still holds at least one row group.
+READ_UNIT_BYTES = 32 << 20
 # What clipray puts in the environment of its Ray workers. Ray Data's parquet read task resizes
 # Arrow's process-wide CPU pool to 32 threads by default, whatever the node's core count; on 2
 # cores those threads spent 3.8 CPU-s reading 6,000 web rows (284 MB) where Arrow's own default,
@@ -194,7 +200,8 @@ def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed:
     # each a fresh process costing about a CPU-second to start, and training builds a Dataset per
     # chunk of files: size the pool to the listing instead (one actor, 128 reads in flight, per
     # 1,000 files). Ray reads the variable while read_parquet plans; a user's own value wins.
-    with _env_default(FOOTER_ACTORS_ENV, str(min(8, 1 + len(src.files) // 1000))):
+    with (_env_default(FOOTER_ACTORS_ENV, str(min(8, 1 + len(src.files) // 1000))),
+          _env_default(BIN_BYTES_ENV, str(READ_UNIT_BYTES))):
         return _read(src, columns, shuffle, num_cpus, include_paths)
 
 

@@ -96,6 +96,32 @@ def test_parquet_reads_keep_arrows_thread_pool(ray_cluster, corpus):
     assert threads and max(threads) <= (os.cpu_count() or 1), threads
 
 
+def test_read_units_give_every_preprocessing_actor_work(ray_cluster, tmp_path, monkeypatch):
+    """Four 20 MB files: Ray Data's own 128 MiB read units would make them one task for one actor;
+    clipray's 32 MiB units make several, and a user's own setting still wins."""
+    import numpy as np
+
+    from clipray.data.sources import BIN_BYTES_ENV, read_parquet, resolve
+
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        blobs = [rng.bytes(100_000) for _ in range(200)]  # incompressible, like JPEG bytes
+        pq.write_table(pa.table({"key": [f"{i}-{j}" for j in range(200)], "jpg": pa.array(blobs, pa.binary())}),
+                       tmp_path / f"{i:05d}.parquet", row_group_size=50)
+    src = resolve(str(tmp_path))
+
+    def read_tasks() -> tuple[int, int]:
+        ds = read_parquet(src, columns=["key", "jpg"]).materialize()
+        return ds.num_blocks(), ds.count()
+
+    monkeypatch.delenv(BIN_BYTES_ENV, raising=False)
+    blocks, rows = read_tasks()
+    assert rows == 800 and blocks >= 3, blocks
+    assert BIN_BYTES_ENV not in os.environ  # set for the planning of that read only
+    monkeypatch.setenv(BIN_BYTES_ENV, str(128 << 20))
+    assert read_tasks() == (1, 800)
+
+
 def test_local_and_s3_yield_the_same_rows_and_exact_drops(ray_cluster, s3_server, corpus):
     root, info = corpus
     s3_server.upload_dir(root, BUCKET, "laion/v1")  # boto3 writes the shards
