@@ -1,7 +1,7 @@
 """`clipray bench data`: rows/s per CPU core through decode, filter, transform and tokenize.
 
-Three measurements over the same parquet, in one run:
-- tight loop: clipray's ops (`Preprocess`) in this process, no Ray: the per-core ceiling;
+Three measurements over the same parquet, in one run, interleaved (`_interleaved`):
+- tight loop: clipray's ops (`Preprocess`) in one process, no Ray: the per-core ceiling;
 - clipray: the Ray Data pipeline (`build_dataset`) on an embedded cluster of `--cpus` CPUs,
   from local disk and from S3 (a SeaweedFS server the benchmark starts on 127.0.0.1);
 - DataLoader: a `torch.utils.data.DataLoader` (`--cpus` workers) over the same files, twice:
@@ -193,7 +193,34 @@ def tight_loop(cfg: Any, files: list[str]) -> dict[str, float]:
                 batch = batch.append_column("path", pa.array([f] * batch.num_rows))
                 yield len(prep(batch)["key"])
 
-    return _consume(batch_rows())
+    return _consume(batch_rows(), cpu=_own_cpu_seconds)
+
+
+def _own_cpu_seconds() -> float:
+    """CPU seconds of this process and of its children that have exited (DataLoader workers)."""
+    import resource
+
+    me, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + children.ru_utime + children.ru_stime
+
+
+class _CleanProcess:
+    """One spawned process, without Ray or the CPU meter, that runs the tight loop and the
+    DataLoader baselines and times them itself (`_own_cpu_seconds`): the Ray cluster can stay up
+    for the interleaved measurements without its idle daemons and the driver's threads being
+    charged to the baselines."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+    def __call__(self, fn: Any, *args: Any) -> dict[str, float]:
+        return self.pool.submit(fn, *args).result()
+
+    def close(self) -> None:
+        self.pool.shutdown()
 
 
 def ray_pipeline(cfg: Any, files: list[str] | None = None) -> dict[str, float]:
@@ -213,11 +240,12 @@ def ray_pipeline(cfg: Any, files: list[str] | None = None) -> dict[str, float]:
     return out
 
 
-def _consume(batch_rows: Any) -> dict[str, float]:
-    """Rows, wall seconds and CPU seconds of this process tree while `batch_rows` is consumed."""
-    c0, t0 = cpu_seconds(), time.perf_counter()
+def _consume(batch_rows: Any, cpu: Any = cpu_seconds) -> dict[str, float]:
+    """Rows, wall seconds and CPU seconds (`cpu()`; by default this process tree's, see
+    `_CpuMeter`) while `batch_rows` is consumed."""
+    c0, t0 = cpu(), time.perf_counter()
     rows = sum(batch_rows)
-    return _figures(rows, time.perf_counter() - t0, cpu_seconds() - c0)
+    return _figures(rows, time.perf_counter() - t0, cpu() - c0)
 
 
 def marginal(big: dict[str, float], small: dict[str, float]) -> dict[str, float]:
@@ -324,11 +352,13 @@ def dataloader(cfg: Any, files: list[str], workers: int, recipe: str = "plain") 
     def batches() -> Any:
         ds = _ParquetRows(files, cfg, recipe)
         loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=workers, shuffle=True,
-                            collate_fn=collate, persistent_workers=False, prefetch_factor=4 if workers else None)
-        for batch in loader:
+                            collate_fn=collate, persistent_workers=False, prefetch_factor=4 if workers else None,
+                            # Linux's default, which a process started by spawn does not inherit.
+                            multiprocessing_context="fork" if workers else None)
+        for batch in loader:  # exhausted, the loader joins its workers: their CPU is then counted
             yield len(batch["image"])
 
-    return _consume(batches())
+    return _consume(batches(), cpu=_own_cpu_seconds)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -356,31 +386,34 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the benchmark's own embedded cluster
     # Every measurement runs over all files and over the first third of them (see `marginal`).
     part = files[: max(1, len(files) // 3)]
+    clean = _CleanProcess()
     try:
-        for name, cfg in (("tight_loop", local_cfg),
-                          (f"tight_loop_{_other(args.jpeg_decoder)}",
-                           bench_config(str(data), args, jpeg_decoder=_other(args.jpeg_decoder)))):
-            _measure(results, name, lambda fs, cfg=cfg: tight_loop(cfg, fs), files, part, args.repeats)
-
         s3_cfg = None
         if not args.local_only:
             weed, s3_cfg = _start_s3(tmp, data, args)
         # The benchmark's own small cluster: no dashboard, its session files under its temp folder.
         start_local_ray(num_cpus=args.cpus, include_dashboard=False, _temp_dir=str(tmp / "ray"),
                         logging_level="warning")
-        ray_pipeline(local_cfg, files=files[:1])  # warm-up: worker processes and imports, not measured
-        _measure(results, "ray_local", lambda fs: ray_pipeline(local_cfg, files=fs), files, part, args.repeats)
-        results["ray_local_cpu_by_process"] = _breakdown(lambda: ray_pipeline(local_cfg, files=files))
+        other_cfg = bench_config(str(data), args, jpeg_decoder=_other(args.jpeg_decoder))
+        methods: dict[str, tuple[Any, list[str], list[str]]] = {
+            "tight_loop": (lambda fs: clean(tight_loop, local_cfg, fs), files, part),
+            f"tight_loop_{_other(args.jpeg_decoder)}": (lambda fs: clean(tight_loop, other_cfg, fs), files, part),
+            "ray_local": (lambda fs: ray_pipeline(local_cfg, files=fs), files, part),
+        }
         if s3_cfg is not None:
             s3_files = list_source_files(s3_cfg)
-            _measure(results, "ray_s3", lambda fs: ray_pipeline(s3_cfg, files=fs), s3_files,
-                     s3_files[: len(part)], args.repeats)
-        ray.shutdown()
-
+            methods["ray_s3"] = (lambda fs: ray_pipeline(s3_cfg, files=fs), s3_files, s3_files[: len(part)])
         for recipe, name in (("plain", "dataloader"), ("clipray_ops", "dataloader_clipray_ops")):
-            _measure(results, name, lambda fs, recipe=recipe: dataloader(local_cfg, fs, args.cpus, recipe),
-                     files, part, args.repeats)
+            methods[name] = (lambda fs, recipe=recipe: clean(dataloader, local_cfg, fs, args.cpus, recipe),
+                             files, part)
+        # Warm-up, not measured: worker processes, imports, the tokenizers' files.
+        ray_pipeline(local_cfg, files=files[:1])
+        clean(tight_loop, local_cfg, files[:1])
+        _interleaved(results, methods, args.repeats)
+        results["ray_local_cpu_by_process"] = _breakdown(lambda: ray_pipeline(local_cfg, files=files))
+        ray.shutdown()
     finally:
+        clean.close()
         if ray.is_initialized():
             ray.shutdown()
         if weed is not None:
@@ -408,20 +441,31 @@ def _other(decoder: str) -> str:
     return "pil" if decoder == "simplejpeg" else "simplejpeg"
 
 
-def _measure(results: dict[str, Any], name: str, fn: Any, files: list[str], part: list[str],
-             repeats: int) -> None:
-    """`fn(part)` and `fn(files)`, alternating, `repeats` times each; the medians of each size give the
-    whole-run figures (all files) and the marginal ones (see `marginal`)."""
-    smalls, bigs = [], []
-    for _ in range(repeats):
-        smalls.append(fn(part))
-        bigs.append(fn(files))
-    big, small = _median_run(bigs), _median_run(smalls)
-    big["marginal"] = marginal(big, small)
-    big["small_run"] = small
-    big["repeats"] = repeats
-    results[name] = big
-    _print(LABELS.get(name, name), big)
+def _interleaved(results: dict[str, Any], methods: dict[str, tuple[Any, list[str], list[str]]],
+                 repeats: int) -> None:
+    """Each method over its small and its full file list, round-robin: every repetition runs every
+    method once, starting one method later each time, so that drifts in the machine's speed (on a
+    shared VM, 10-20% within minutes) fall on all methods alike instead of on whichever ran last.
+    The medians of each size give the whole-run figures (all files) and the marginal ones (see
+    `marginal`)."""
+    names = list(methods)
+    runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {"small": [], "big": []} for n in names}
+    for rep in range(repeats):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            fn, files, part = methods[name]
+            runs[name]["small"].append(fn(part))
+            runs[name]["big"].append(fn(files))
+        print(f"repetition {rep + 1} of {repeats} done", flush=True)
+    for name in names:
+        big, small = _median_run(runs[name]["big"]), _median_run(runs[name]["small"])
+        big["marginal"] = marginal(big, small)
+        big["small_run"] = small
+        big["repeats"] = repeats
+        # Each repetition's own pair, to show the spread behind the medians.
+        big["marginal_per_repeat"] = [marginal(b, sm).get("rows_per_cpu_s")
+                                      for b, sm in zip(runs[name]["big"], runs[name]["small"])]
+        results[name] = big
+        _print(LABELS.get(name, name), big)
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -469,6 +513,9 @@ def _print(name: str, r: dict[str, Any]) -> None:
     m = r.get("marginal") or {}
     further = (f"; per further row: {m['rows_per_cpu_s']:.1f} per CPU-s, {m['rows_per_s']:.1f}/s wall, "
                f"fixed {m['fixed_cpu_s']:.1f} CPU-s / {m['fixed_wall_s']:.1f} s" if m else "")
+    spread = [f"{x:.0f}" if x else "-" for x in r.get("marginal_per_repeat", [])]
+    if m and len(spread) > 1:
+        further += f" (each repetition: {', '.join(spread)})"
     print(f"{name + ':':38s}{r['rows_per_cpu_s']:7.1f} rows per CPU-second; {r['rows_per_s']:7.1f} rows/s wall "
           f"({r['rows']} rows, {r['cpu_s']:.1f} CPU-s, {r['wall_s']:.1f} s){further}", flush=True)
 
