@@ -133,6 +133,12 @@ class _CpuMeter:
         with self.lock:
             return sum(self.last.values())
 
+    def without(self, pid: int) -> float:
+        """CPU seconds of the tree so far, leaving out one process of it."""
+        self.sample()
+        with self.lock:
+            return sum(cpu for key, cpu in self.last.items() if key[0] != pid)
+
     def snapshot(self) -> dict[tuple[int, float], float]:
         self.sample()
         with self.lock:
@@ -223,8 +229,9 @@ class _CleanProcess:
         self.pool.shutdown()
 
 
-def ray_pipeline(cfg: Any, files: list[str] | None = None) -> dict[str, float]:
-    """Rows per CPU-second (all Ray processes of this cluster) and per wall second of the pipeline."""
+def ray_pipeline(cfg: Any, files: list[str] | None = None, cpu: Any = cpu_seconds) -> dict[str, float]:
+    """Rows per CPU-second (all Ray processes of this cluster, by default) and per wall second of
+    the pipeline."""
     import ray
 
     from clipray.data.pipeline import build_dataset
@@ -234,7 +241,7 @@ def ray_pipeline(cfg: Any, files: list[str] | None = None) -> dict[str, float]:
     ds = build_dataset(cfg, train=True, stats=stats, files=files)
 
     batches = ds.iter_batches(batch_size=cfg.data.batch_size, batch_format="numpy", prefetch_batches=4)
-    out = _consume(len(b["key"]) for b in batches)
+    out = _consume((len(b["key"]) for b in batches), cpu=cpu)
     snap = ray.get(stats.snapshot.remote())
     assert snap["rows_out"] == out["rows"], (snap, out)
     return out
@@ -402,7 +409,17 @@ def run(args: argparse.Namespace) -> int:
         }
         if s3_cfg is not None:
             s3_files = list_source_files(s3_cfg)
-            methods["ray_s3"] = (lambda fs: ray_pipeline(s3_cfg, files=fs), s3_files, s3_files[: len(part)])
+            server_pid = weed.proc.pid
+
+            # The S3 server is storage, on other machines in a deployment: its CPU is not the
+            # pipeline's (the S3 run's CPU breakdown shows it as `weed`).
+            def pipeline_cpu() -> float:
+                cpu_seconds()  # starts the meter
+                assert _METER is not None
+                return _METER.without(server_pid)
+
+            methods["ray_s3"] = (lambda fs: ray_pipeline(s3_cfg, files=fs, cpu=pipeline_cpu), s3_files,
+                                 s3_files[: len(part)])
         for recipe, name in (("plain", "dataloader"), ("clipray_ops", "dataloader_clipray_ops")):
             methods[name] = (lambda fs, recipe=recipe: clean(dataloader, local_cfg, fs, args.cpus, recipe),
                              files, part)
@@ -411,6 +428,8 @@ def run(args: argparse.Namespace) -> int:
         clean(tight_loop, local_cfg, files[:1])
         _interleaved(results, methods, args.repeats)
         results["ray_local_cpu_by_process"] = _breakdown(lambda: ray_pipeline(local_cfg, files=files))
+        if s3_cfg is not None:
+            results["ray_s3_cpu_by_process"] = _breakdown(lambda: ray_pipeline(s3_cfg, files=s3_files))
         ray.shutdown()
     finally:
         clean.close()
