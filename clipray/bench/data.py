@@ -12,6 +12,7 @@ Three measurements over the same parquet, in one run, interleaved (`_interleaved
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import os
@@ -112,7 +113,8 @@ class _CpuMeter:
             self.sample()
             time.sleep(self.interval)
 
-    def sample(self) -> float:
+    def sample(self, without: int | None = None) -> float:
+        """CPU seconds of the tree so far, leaving out the process `without` if given."""
         import psutil
 
         me = psutil.Process()
@@ -131,13 +133,7 @@ class _CpuMeter:
                 if not title.startswith("ray::IDLE"):
                     self.titles[key] = title
         with self.lock:
-            return sum(self.last.values())
-
-    def without(self, pid: int) -> float:
-        """CPU seconds of the tree so far, leaving out one process of it."""
-        self.sample()
-        with self.lock:
-            return sum(cpu for key, cpu in self.last.items() if key[0] != pid)
+            return sum(cpu for key, cpu in self.last.items() if key[0] != without)
 
     def snapshot(self) -> dict[tuple[int, float], float]:
         self.sample()
@@ -158,12 +154,12 @@ class _CpuMeter:
 _METER: _CpuMeter | None = None
 
 
-def cpu_seconds() -> float:
-    """CPU seconds used so far by this process tree (see `_CpuMeter`)."""
+def cpu_seconds(without: int | None = None) -> float:
+    """CPU seconds used so far by this process tree, less the process `without` (see `_CpuMeter`)."""
     global _METER
     if _METER is None:
         _METER = _CpuMeter()
-    return _METER.sample()
+    return _METER.sample(without)
 
 
 def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
@@ -409,15 +405,9 @@ def run(args: argparse.Namespace) -> int:
         }
         if s3_cfg is not None:
             s3_files = list_source_files(s3_cfg)
-            server_pid = weed.proc.pid
-
             # The S3 server is storage, on other machines in a deployment: its CPU is not the
             # pipeline's (the S3 run's CPU breakdown shows it as `weed`).
-            def pipeline_cpu() -> float:
-                cpu_seconds()  # starts the meter
-                assert _METER is not None
-                return _METER.without(server_pid)
-
+            pipeline_cpu = functools.partial(cpu_seconds, without=weed.proc.pid)
             methods["ray_s3"] = (lambda fs: ray_pipeline(s3_cfg, files=fs, cpu=pipeline_cpu), s3_files,
                                  s3_files[: len(part)])
         for recipe, name in (("plain", "dataloader"), ("clipray_ops", "dataloader_clipray_ops")):

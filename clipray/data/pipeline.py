@@ -23,6 +23,7 @@ from clipray.data.ops.base import Batch, CountingStats, Op, batch_len, op_regist
 from clipray.data.sources import Source, check_columns, read_parquet, resolve
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import ray.data
 
     from clipray.config import PipelineConfig
@@ -132,12 +133,10 @@ class PreprocessBlocks(Preprocess):
         super().__init__(config, **kwargs)
         self.batch_size = config.data.batch_size
 
-    def __call__(self, batch: Any) -> Iterator[Batch]:  # type: ignore[override]
-        rows = batch_len(batch) if isinstance(batch, dict) else batch.num_rows
-        for start in range(0, max(rows, 1), self.batch_size):
-            part = ({k: v[start:start + self.batch_size] for k, v in batch.items()} if isinstance(batch, dict)
-                    else batch.slice(start, self.batch_size))
-            yield super().__call__(part)
+    def __call__(self, block: pa.Table) -> Iterator[Batch]:  # type: ignore[override]
+        # An empty block still makes one (empty) call, so that its schema reaches the output.
+        for start in range(0, max(block.num_rows, 1), self.batch_size):
+            yield super().__call__(block.slice(start, self.batch_size))
 
 
 def _empty_output(batch: Batch) -> Batch:
