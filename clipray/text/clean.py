@@ -7,8 +7,8 @@ the text) goes one of three ways, each equal to ftfy's result by ftfy's own code
 
 1. ftfy provably leaves it unchanged, or only unescapes HTML entities in it: done without ftfy.
 2. Only ftfy's character fixes act (curly quotes, fullwidth forms, ligatures, line separators,
-   control characters, NFC) and its mojibake repair provably does not: `ftfy.fix_text_segment`
-   with `fix_encoding=False, unescape_html=False`, about half the cost of the full call.
+   control characters, NFC) and its mojibake repair provably does not: ftfy's own fixer functions,
+   called in the order of one pass of its loop, then NFC (a fifth of the full call's cost).
 3. Anything else (mojibake, C1 controls, surrogates, ...): the full `ftfy.fix_text_segment`.
 
 The proof for 1 and 2 follows `ftfy.fix_and_explain` on one segment: it loops, until the text
@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -50,6 +52,11 @@ _PROVEN_FIELDS = frozenset({
     "decode_inconsistent_utf8", "fix_c1_controls", "fix_latin_ligatures", "fix_character_width", "uncurl_quotes",
     "fix_line_breaks", "fix_surrogates", "remove_control_chars", "normalization", "max_decode_length", "explain",
 })
+# The tables of `changed_code_points` and `_simple_characters`, computed once for the ftfy release
+# and Unicode database named inside: computing them costs about 0.4 CPU-s, paid by every process
+# that cleans text (each preprocessing actor of each Ray Data execution). Elsewhere they are
+# computed. tests/unit/test_clean_text.py checks the file against a fresh computation.
+TABLES_FILE = Path(__file__).with_name("ftfy_tables.json")
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,7 @@ class _Ftfy:
     unescape_html: Callable[[str], str]
     full: TextFixerConfig  # fix_text's default (explain=False, as fix_text sets it)
     full_no_html: TextFixerConfig  # the same after a segment containing "<" (fix_text turns unescape_html off)
-    fixes_only: TextFixerConfig  # only the character fixers and NFC: no fix_encoding, no unescape_html
+    pass_fixers: tuple[Callable[[str], str], ...]  # ftfy.FIXERS of `_PASS_FIXERS`, in order
     max_segment: int
     not_inert: re.Pattern[str]  # characters that some pass fixer changes
     not_simple: re.Pattern[str]  # ... and that are not "simple" (see `_simple_characters`)
@@ -98,8 +105,9 @@ def _simple_characters(changed: set[int], fixers: list[Callable[[str], str]]) ->
 
     Whatever fixer of a pass acts first on such a character, its output is inert, so the later
     fixers of that pass and every later pass leave it alone: one pass fixes a segment whose changed
-    characters are all simple, and `fix_text(seg, fixes_only)` returns exactly that first pass
-    (followed by NFC, which cannot produce changed characters: tests/unit/test_clean_text.py).
+    characters are all simple, and `fix_and_explain` with `fix_encoding` and `unescape_html` off
+    returns exactly that first pass (followed by NFC, which cannot produce changed characters:
+    tests/unit/test_clean_text.py).
     Surrogates are left out: `fix_surrogates` joins pairs into other characters.
     """
     simple = set()
@@ -127,6 +135,53 @@ def _char_class(code_points: set[int]) -> re.Pattern[str]:
     return re.compile("[" + "".join(parts) + "]" if parts else "(?!)")  # (?!) never matches
 
 
+def _ranges(code_points: set[int]) -> list[list[int]]:
+    """Sorted code points as inclusive [first, last] runs (a compact JSON form)."""
+    out: list[list[int]] = []
+    for cp in sorted(code_points):
+        if out and out[-1][1] == cp - 1:
+            out[-1][1] = cp
+        else:
+            out.append([cp, cp])
+    return out
+
+
+def _tables_key(ftfy_version: str) -> dict[str, object]:
+    """What the fixer tables depend on: ftfy's fixers and the Unicode database of `re` and `str`."""
+    return {"ftfy": ftfy_version, "unicode": unicodedata.unidata_version, "fixers": list(_PASS_FIXERS)}
+
+
+def compute_tables(fixers: list[Callable[[str], str]], ftfy_version: str) -> dict[str, object]:
+    """The fixer tables (changed and simple code points, as runs) with the key they hold for."""
+    changed = set(changed_code_points(fixers))
+    return {"key": _tables_key(ftfy_version), "changed": _ranges(changed),
+            "simple": _ranges(_simple_characters(changed, fixers))}
+
+
+def save_ftfy_tables(path: Path = TABLES_FILE) -> None:
+    """Recompute `TABLES_FILE` with the installed ftfy (after a deliberate ftfy upgrade)."""
+    import ftfy
+
+    record = compute_tables([ftfy.FIXERS[name] for name in _PASS_FIXERS], ftfy.__version__)
+    path.write_text(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+def _load_tables(fixers: list[Callable[[str], str]], ftfy_version: str) -> tuple[set[int], set[int]]:
+    """(changed, simple) code points: from `TABLES_FILE` when it was made for this ftfy release and
+    Unicode database, else computed."""
+    try:
+        record = json.loads(TABLES_FILE.read_text())
+    except (OSError, ValueError):
+        record = {}
+    if record.get("key") != _tables_key(ftfy_version):
+        record = compute_tables(fixers, ftfy_version)
+
+    def points(name: str) -> set[int]:
+        return {cp for lo, hi in record[name] for cp in range(lo, hi + 1)}
+
+    return points("changed"), points("simple")
+
+
 @functools.cache
 def ftfy_tables() -> _Ftfy:
     import ftfy
@@ -137,8 +192,7 @@ def ftfy_tables() -> _Ftfy:
     shortcuts = (tuple(ftfy.__version__.split(".")[:2]) == _PROVEN_FTFY and set(full._fields) == _PROVEN_FIELDS
                  and all(name in ftfy.FIXERS for name in _PASS_FIXERS))
     fixers = [ftfy.FIXERS[name] for name in _PASS_FIXERS] if shortcuts else []
-    changed = set(changed_code_points(fixers)) if shortcuts else set()
-    simple = _simple_characters(changed, fixers)
+    changed, simple = _load_tables(fixers, ftfy.__version__) if shortcuts else (set(), set())
     return _Ftfy(
         shortcuts=shortcuts,
         fix_text=ftfy.fix_text,
@@ -147,7 +201,7 @@ def ftfy_tables() -> _Ftfy:
         unescape_html=unescape_html,
         full=full,
         full_no_html=full._replace(unescape_html=False),
-        fixes_only=full._replace(fix_encoding=False, unescape_html=False),
+        pass_fixers=tuple(fixers),
         max_segment=full.max_decode_length,
         not_inert=_char_class(changed),
         not_simple=_char_class(changed - simple),
@@ -180,8 +234,9 @@ def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
         if ft.not_inert.search(text) is None and unicodedata.is_normalized("NFC", text):
             fixed = text  # no pass fixer changes any of its characters, and it is NFC
         elif ft.not_simple.search(text) is None:
-            # One pass then NFC, exactly: see `_simple_characters`.
-            fixed = ft.fix_text_segment(text, ft.fixes_only)
+            # One pass then NFC: what `fix_and_explain` does to it (see `_simple_characters`),
+            # without its per-step bookkeeping, which costs 3-4 times the fixes on a caption.
+            fixed = _one_pass(ft, text)
         else:
             return ft.fix_text_segment(seg, config)
         if fixed == seg:
@@ -192,6 +247,14 @@ def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
         if html_quiet and (fixed is text or _encoding_quiet(ft, fixed)):
             return fixed
     return ft.fix_text_segment(seg, config)
+
+
+def _one_pass(ft: _Ftfy, text: str) -> str:
+    """One iteration of `fix_and_explain`'s loop with `fix_encoding` and `unescape_html` off: each
+    pass fixer in its order (all of them on in fix_text's default configuration), then NFC."""
+    for fixer in ft.pass_fixers:
+        text = fixer(text)
+    return unicodedata.normalize("NFC", text)
 
 
 def _segments(text: str) -> Iterator[str]:

@@ -129,6 +129,37 @@ def test_inert_table_matches_each_fixer_character_by_character():
         assert (ft.not_inert.match(ch) is not None) == changed, hex(cp)
 
 
+def test_stored_tables_are_what_ftfy_computes():
+    """clipray/text/ftfy_tables.json saves each process the 0.4 CPU-s of computing the tables; it
+    must equal a fresh computation wherever it is used (its key: ftfy release, Unicode database)."""
+    import json
+
+    from clipray.text import clean
+
+    stored = json.loads(clean.TABLES_FILE.read_text())
+    fresh = clean.compute_tables([ftfy.FIXERS[name] for name in _PASS_FIXERS], ftfy.__version__)
+    if stored["key"] != fresh["key"]:
+        pytest.skip(f"the stored tables are for {stored['key']}, this environment computes its own "
+                    f"({fresh['key']}); refresh them with clipray.text.clean.save_ftfy_tables()")
+    assert stored == fresh
+
+
+def test_tables_are_computed_when_the_stored_ones_do_not_apply(monkeypatch, tmp_path):
+    from clipray.text import clean
+
+    expected = ftfy_tables()
+    (tmp_path / "t.json").write_text('{"key": {"ftfy": "0.0"}, "changed": [], "simple": []}')
+    monkeypatch.setattr(clean, "TABLES_FILE", tmp_path / "t.json")
+    clean.ftfy_tables.cache_clear()
+    try:
+        computed = clean.ftfy_tables()
+        assert computed.not_inert.pattern == expected.not_inert.pattern
+        assert computed.not_simple.pattern == expected.not_simple.pattern
+    finally:
+        monkeypatch.undo()
+        clean.ftfy_tables.cache_clear()
+
+
 def test_nfc_never_produces_a_character_that_a_fixer_changes():
     """NFC of a string of inert characters is made of inert characters: the outputs of NFC are the
     characters of canonical decompositions and canonical composites, all inert. The one-pass
