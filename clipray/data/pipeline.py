@@ -83,7 +83,7 @@ class Preprocess:
         self.ops = build_ops(config, train=train, names=names)
         for op in self.ops:
             if hasattr(op, "attach"):
-                op.attach(dedup=dedup)  # shared state of one pipeline run (Ray actor handles)
+                op.attach(dedup=dedup)  # shared state of one dataset (clipray.data.stats.SharedDedup)
         self.stats = stats  # a Ray actor handle, a PipelineStats, or None
         self.key_column = config.data.key_column
         self.output_columns = OUTPUT_COLUMNS + tuple(config.data.partition_columns)
@@ -174,7 +174,7 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     """
     from ray.data import ActorPoolStrategy, DataContext
 
-    from clipray.data.ops.filters import dedup_actor
+    from clipray.data.stats import shared_dedup
 
     ctx = DataContext.get_current()
     if not sys.stderr.isatty():  # per-operator bars are unreadable in logs; keep the overall one
@@ -186,7 +186,10 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
         shuffle_seed = None  # an explicit list is read in its own order
     names = tuple(config.data.ops)
     _check_cpu_budget(d)
-    dedup = dedup_actor() if d.dedup_images and "dedup_images" in names else None
+    dedup = None
+    if d.dedup_images and "dedup_images" in names:
+        # In the stats actor when there is one: a process fewer to start per dataset.
+        dedup = shared_dedup(stats if hasattr(getattr(stats, "open_dedup", None), "remote") else None)
     ds = read_parquet(src, columns=[*required_columns(config), *d.partition_columns],
                       shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus,
                       include_paths=dedup is not None)

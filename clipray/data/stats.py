@@ -1,9 +1,11 @@
-"""Row and drop counts of the CPU stages, summed over every actor of a pipeline run."""
+"""What the preprocessing actors of a pipeline share: row and drop counts, summed over every
+actor, and the index of duplicate images of each dataset execution, in one Ray actor."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -37,8 +39,67 @@ class PipelineStats:
         self.__init__()  # type: ignore[misc]
 
 
+class PipelineState(PipelineStats):
+    """`PipelineStats` plus one duplicate-image index per dataset execution (`open_dedup`).
+
+    One actor holds both because each actor is a process to start, about a CPU-second on a small
+    node, and training builds a Ray Dataset per chunk of files: the counts live for the whole run,
+    a duplicate index only for its dataset (it holds a hash per row). The newest `KEEP` indexes
+    are kept; a claim on an older one is an error, not a silently different answer.
+    """
+
+    KEEP = 8  # datasets of one run in flight at once; training has one (two across a chunk boundary)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.indexes: OrderedDict[int, Any] = OrderedDict()
+        self.opened = 0
+
+    def reset(self) -> None:
+        PipelineStats.__init__(self)  # the counts; open indexes stay with their datasets
+
+    def open_dedup(self) -> int:
+        from clipray.data.ops.filters import DedupIndex
+
+        self.opened += 1
+        self.indexes[self.opened] = DedupIndex()
+        while len(self.indexes) > self.KEEP:
+            self.indexes.popitem(last=False)
+        return self.opened
+
+    def claim_many(self, index: int, groups: dict[str, tuple[list[bytes], list[str]]]) -> dict[str, list[bool]]:
+        try:
+            dedup = self.indexes[index]
+        except KeyError:
+            raise RuntimeError(
+                f"duplicate index {index} was dropped: more than {self.KEEP} datasets of this pipeline "
+                f"were built after it (it is index {index} of {self.opened}); iterate fewer at once") from None
+        return dedup.claim_many(groups)
+
+
+@dataclass(frozen=True)
+class SharedDedup:
+    """One dataset's duplicate index inside a `PipelineState` actor (what `DedupImages` attaches)."""
+
+    actor: Any
+    index: int
+
+    def claim_many(self, groups: dict[str, tuple[list[bytes], list[str]]]) -> dict[str, list[bool]]:
+        import ray
+
+        return ray.get(self.actor.claim_many.remote(self.index, groups))
+
+
+def shared_dedup(state: Any = None) -> SharedDedup:
+    """A new duplicate index in `state` (a `stats_actor`), or in an actor of its own without one."""
+    import ray
+
+    actor = state if state is not None else ray.remote(num_cpus=0)(PipelineState).remote()
+    return SharedDedup(actor, ray.get(actor.open_dedup.remote()))
+
+
 def stats_actor(name: str | None = None) -> Any:
-    """A Ray actor holding a `PipelineStats`; cheap (no CPU reserved).
+    """A Ray actor holding a `PipelineState`; cheap (no CPU reserved).
 
     It lives on the caller's node (the driver's, in a training run): the counts must outlive the
     loss of any other node, which an elastic run survives. The affinity is hard: a soft one let
@@ -48,5 +109,5 @@ def stats_actor(name: str | None = None) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    cls = ray.remote(num_cpus=0, scheduling_strategy=here)(PipelineStats)
+    cls = ray.remote(num_cpus=0, scheduling_strategy=here)(PipelineState)
     return cls.options(name=name).remote() if name else cls.remote()

@@ -121,6 +121,24 @@ def test_dedup_within_file_is_stable_across_epochs():
         assert list(out["key"]) == ["a", "c", "d"] and stats.dropped == {"duplicate_image": 1}
 
 
+def test_pipeline_state_keeps_one_duplicate_index_per_dataset():
+    from clipray.data.stats import PipelineState
+
+    state = PipelineState()
+    first, second = state.open_dedup(), state.open_dedup()
+    group = {"f1": ([b"h", b"h"], ["a", "b"])}
+    assert state.claim_many(first, group) == {"f1": [False, True]}
+    assert state.claim_many(first, {"f1": ([b"h"], ["c"])}) == {"f1": [True]}  # "a" owns it
+    assert state.claim_many(second, {"f1": ([b"h"], ["c"])}) == {"f1": [False]}  # another dataset
+    state.add(4, 3, {"duplicate_image": 1}, 0.1)
+    state.reset()  # the counts start again; the indexes stay with their datasets
+    assert state.snapshot()["rows_in"] == 0 and state.claim_many(second, group) == {"f1": [True, True]}
+    for _ in range(PipelineState.KEEP - 1):
+        state.open_dedup()
+    with pytest.raises(RuntimeError, match="duplicate index 1 was dropped"):
+        state.claim_many(first, group)
+
+
 def test_invalid_utf8_in_arrow_string_column_does_not_break_the_batch(tmp_path):
     caps = pa.array([b"fine", b"\xff\xfe"], pa.binary())
     table = pa.table({"caption": pa.Array.from_buffers(pa.string(), 2, caps.buffers())})

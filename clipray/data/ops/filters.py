@@ -62,9 +62,9 @@ def content_hash(data: bytes) -> bytes:
 class DedupIndex:
     """First key seen for each (file, image hash). A Ray actor wraps it when the pipeline runs.
 
-    A row is a duplicate when another key of the same file already claimed its hash; the claim
-    is permanent, so every epoch keeps the same row of each group and drops the same others,
-    whichever actor sees which batch first.
+    A row is a duplicate when another key of the same file already claimed its hash. One index
+    serves one dataset execution (`clipray.data.stats.PipelineState.open_dedup`): within it, each
+    group keeps exactly one row, whichever actor sees which batch first.
     """
 
     def __init__(self) -> None:
@@ -87,8 +87,8 @@ class DedupImages:
     """Drops `duplicate_image`: identical image bytes (BLAKE2b) at another key of the same file.
 
     Runs before decode, so duplicates cost a hash, not a decode. Rows without a `path` column
-    (a batch built by hand) count as one file. `attach(dedup=actor)` shares the index across the
-    actors of one pipeline; without it the index is local to this op.
+    (a batch built by hand) count as one file. `attach(dedup=shared)` shares the index across the
+    actors of one dataset (a `clipray.data.stats.SharedDedup`); without it the index is local.
     """
 
     writes = ()
@@ -97,11 +97,10 @@ class DedupImages:
         self.image_column = image_column
         self.reads = (image_column, "key")
         self.index: Any = DedupIndex()
-        self.remote = False
 
     def attach(self, *, dedup: Any = None, **_: Any) -> None:
         if dedup is not None:
-            self.index, self.remote = dedup, True
+            self.index = dedup  # a clipray.data.stats.SharedDedup
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch:
         raw = batch[self.image_column]
@@ -120,23 +119,11 @@ class DedupImages:
             rows.setdefault(p, []).append(i)
         if not groups:
             return batch
-        if self.remote:
-            import ray
-
-            verdict = ray.get(self.index.claim_many.remote(groups))
-        else:
-            verdict = self.index.claim_many(groups)
+        verdict = self.index.claim_many(groups)
         dup = np.zeros(n, dtype=bool)
         for p, idx in rows.items():
             dup[idx] = verdict[p]
         return drop_where(batch, dup, "duplicate_image", stats)
-
-
-def dedup_actor() -> Any:
-    """The shared duplicate index of one pipeline (no CPU reserved)."""
-    import ray
-
-    return ray.remote(num_cpus=0)(DedupIndex).remote()
 
 
 @op_registry.register("dedup_images")
