@@ -44,11 +44,12 @@ class PipelineState(PipelineStats):
 
     One actor holds both because each actor is a process to start, about a CPU-second on a small
     node, and training builds a Ray Dataset per chunk of files: the counts live for the whole run,
-    a duplicate index only for its dataset (it holds a hash per row). The newest `KEEP` indexes
-    are kept; a claim on an older one is an error, not a silently different answer.
+    a duplicate index only for its dataset (a hash and a key per row, about 200 bytes). The newest
+    `KEEP` indexes are kept, which bounds the memory to that many chunks of rows; a claim on an
+    older one is an error, not a silently different answer.
     """
 
-    KEEP = 8  # datasets of one run in flight at once; training has one (two across a chunk boundary)
+    KEEP = 4  # datasets in flight at once; training has one, two while ranks finish a chunk
 
     def __init__(self) -> None:
         super().__init__()
