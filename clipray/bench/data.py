@@ -294,8 +294,12 @@ class _ParquetRows:
         import pyarrow.parquet as pq
 
         table = pa.concat_tables(pq.read_table(f, columns=["key", "caption", "jpg"]) for f in files)
-        self.captions = table.column("caption").to_pylist()
-        self.jpgs = table.column("jpg").to_pylist()
+        # Arrow arrays, not lists of Python objects: the forked workers read them without writing
+        # reference counts into pages they share with the parent, each write a copy-on-write page
+        # fault (a known DataLoader pitfall that grows with the dataset). 64-bit offsets: the
+        # image bytes of a large run pass 2 GiB.
+        self.captions = table.column("caption").cast(pa.large_string()).combine_chunks()
+        self.jpgs = table.column("jpg").cast(pa.large_binary()).combine_chunks()
         self.cfg, self.recipe = cfg, recipe
         self.tokenizer: Any = None
 
@@ -307,14 +311,14 @@ class _ParquetRows:
 
         from clipray.data.ops.transforms import random_resized_crop
 
-        img = Image.open(io.BytesIO(self.jpgs[i])).convert("RGB")
+        img = Image.open(io.BytesIO(self.jpgs[i].as_py())).convert("RGB")
         rng = np.random.default_rng(i)
         size = self.cfg.model.vision.image_size
         if self.recipe == "plain":
             image = _plain_image(img, size, self.cfg.image, rng)
         else:
             image = random_resized_crop(img, size, self.cfg.image.train_crop_scale, rng)
-        return {"image": image, "tokens": self._tokens(self.captions[i])}
+        return {"image": image, "tokens": self._tokens(self.captions[i].as_py())}
 
     def _tokens(self, caption: str) -> Any:
         from clipray.data.ops.text import clean_caption
