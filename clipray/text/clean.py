@@ -122,16 +122,8 @@ def _simple_characters(changed: set[int], fixers: list[Callable[[str], str]]) ->
 
 def _char_class(code_points: set[int]) -> re.Pattern[str]:
     """A compiled `[...]` of the given code points, written as ranges."""
-    cps = sorted(code_points)
-    parts: list[str] = []
-    i = 0
-    while i < len(cps):
-        j = i
-        while j + 1 < len(cps) and cps[j + 1] == cps[j] + 1:
-            j += 1
-        lo, hi = chr(cps[i]), chr(cps[j])
-        parts.append(re.escape(lo) if i == j else f"{re.escape(lo)}-{re.escape(hi)}")
-        i = j + 1
+    parts = [re.escape(chr(lo)) if lo == hi else f"{re.escape(chr(lo))}-{re.escape(chr(hi))}"
+             for lo, hi in _ranges(code_points)]
     return re.compile("[" + "".join(parts) + "]" if parts else "(?!)")  # (?!) never matches
 
 
@@ -144,6 +136,12 @@ def _ranges(code_points: set[int]) -> list[list[int]]:
         else:
             out.append([cp, cp])
     return out
+
+
+def _pass_fixers() -> list[Callable[[str], str]]:
+    import ftfy
+
+    return [ftfy.FIXERS[name] for name in _PASS_FIXERS]
 
 
 def _tables_key(ftfy_version: str) -> dict[str, object]:
@@ -162,7 +160,7 @@ def save_ftfy_tables(path: Path = TABLES_FILE) -> None:
     """Recompute `TABLES_FILE` with the installed ftfy (after a deliberate ftfy upgrade)."""
     import ftfy
 
-    record = compute_tables([ftfy.FIXERS[name] for name in _PASS_FIXERS], ftfy.__version__)
+    record = compute_tables(_pass_fixers(), ftfy.__version__)
     path.write_text(json.dumps(record, separators=(",", ":")) + "\n")
 
 
@@ -191,7 +189,7 @@ def ftfy_tables() -> _Ftfy:
     full = ftfy.TextFixerConfig(explain=False)
     shortcuts = (tuple(ftfy.__version__.split(".")[:2]) == _PROVEN_FTFY and set(full._fields) == _PROVEN_FIELDS
                  and all(name in ftfy.FIXERS for name in _PASS_FIXERS))
-    fixers = [ftfy.FIXERS[name] for name in _PASS_FIXERS] if shortcuts else []
+    fixers = _pass_fixers() if shortcuts else []
     changed, simple = _load_tables(fixers, ftfy.__version__) if shortcuts else (set(), set())
     return _Ftfy(
         shortcuts=shortcuts,
