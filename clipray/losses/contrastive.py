@@ -25,9 +25,31 @@ def gather_with_grad(x: torch.Tensor, world_size: int, group: dist.ProcessGroup 
     """Concatenate `x` (B, D) from all workers along dim 0, keeping gradients to every shard."""
     if world_size == 1:
         return x
-    import torch.distributed.nn.functional as dist_fn
+    return _AllGather.apply(x, group if group is not None else dist.group.WORLD)
 
-    return torch.cat(dist_fn.all_gather(x, group=group if group is not None else dist.group.WORLD), dim=0)
+
+def _collective(new: str, old: str) -> Any:
+    """A single-tensor collective: torch 2.13 renamed `*_tensor` to `*_single` (and warns on the old
+    names); torch before 2.13 has only the old ones."""
+    return getattr(dist, new, None) or getattr(dist, old)
+
+
+class _AllGather(torch.autograd.Function):
+    """All-gather along dim 0; the backward sums every rank's gradient of this rank's rows
+    (a reduce-scatter), since every rank's loss terms read them."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, group: dist.ProcessGroup) -> torch.Tensor:
+        ctx.group = group
+        out = x.new_empty((dist.get_world_size(group) * x.shape[0], *x.shape[1:]))
+        _collective("all_gather_single", "all_gather_into_tensor")(out, x.contiguous(), group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        out = grad.new_empty((grad.shape[0] // dist.get_world_size(ctx.group), *grad.shape[1:]))
+        _collective("reduce_scatter_single", "reduce_scatter_tensor")(out, grad.contiguous(), group=ctx.group)
+        return out, None
 
 
 ROW_CHUNK = 256  # rows of logits materialised at once (forward and backward)
