@@ -70,6 +70,9 @@ class DataCursor:
     epoch: int = 0
     chunk: int = 0
     consumed: list[str] = field(default_factory=list)  # keys taken from this chunk, all workers
+    # The duplicate index's entries of those keys (file -> image hash -> key): the resumed chunk
+    # skips the rows, and still drops their duplicates (`DedupIndex.claims_of`).
+    claims: dict[str, dict[bytes, str]] = field(default_factory=dict)
     seed: int = 0
     chunk_seed: int = 0  # local shuffle seed of this chunk
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
     from clipray.config import PipelineConfig
     from clipray.config.schema import DataConfig
+    from clipray.data.ops.filters import Claims
+    from clipray.data.stats import SharedDedup
 
 TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")  # the minimal chain
 OUTPUT_COLUMNS = ("key", "image", "tokens", "text_image")
@@ -160,12 +162,25 @@ class SkipKeys:
         return table.filter(pc.invert(pc.is_in(keys, value_set=pa.array(sorted(self.keys), pa.string()))))
 
 
+def open_dedup(config: PipelineConfig, stats: Any = None, claims: Claims | None = None) -> SharedDedup | None:
+    """The duplicate-image index of one dataset execution (None when `data.ops` does not dedup),
+    seeded with `claims` (those of a resumed chunk's consumed rows)."""
+    from clipray.data.stats import shared_dedup
+
+    if not (config.data.dedup_images and "dedup_images" in config.data.ops):
+        return None
+    # In the stats actor when there is one: a process fewer to start per dataset.
+    return shared_dedup(stats if hasattr(getattr(stats, "open_dedup", None), "remote") else None, claims)
+
+
 def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = None, seed: int | None = None,
                   source: str | None = None, files: Sequence[str] | None = None,
-                  resolved: Source | None = None, skip_keys: Collection[str] = ()) -> ray.data.Dataset:
+                  resolved: Source | None = None, skip_keys: Collection[str] = (),
+                  dedup: SharedDedup | None = None) -> ray.data.Dataset:
     """The lazy Ray Dataset of preprocessed rows for training (or evaluation when train=False).
 
-    `skip_keys`: rows to leave out before any preprocessing (consumed before a resume).
+    `skip_keys`: rows to leave out before any preprocessing (consumed before a resume); `dedup`:
+    the duplicate index to use (`open_dedup`, seeded with those rows' claims), else a new one.
 
     `files`: read exactly these parquet files (paths as `list_source_files` returns them), in this
     order, instead of listing `source`; used to rebuild a partial epoch on resume.
@@ -173,8 +188,6 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     (before starting Ray), so that it is not listed twice.
     """
     from ray.data import ActorPoolStrategy, DataContext
-
-    from clipray.data.stats import shared_dedup
 
     ctx = DataContext.get_current()
     if not sys.stderr.isatty():  # per-operator bars are unreadable in logs; keep the overall one
@@ -186,10 +199,8 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
         shuffle_seed = None  # an explicit list is read in its own order
     names = tuple(config.data.ops)
     _check_cpu_budget(d)
-    dedup = None
-    if d.dedup_images and "dedup_images" in names:
-        # In the stats actor when there is one: a process fewer to start per dataset.
-        dedup = shared_dedup(stats if hasattr(getattr(stats, "open_dedup", None), "remote") else None)
+    if dedup is None:
+        dedup = open_dedup(config, stats)
     ds = read_parquet(src, columns=[*required_columns(config), *d.partition_columns],
                       shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus,
                       include_paths=dedup is not None)

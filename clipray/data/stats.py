@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clipray.data.ops.filters import Claims, DedupIndex
 
 
 class PipelineStats:
@@ -53,29 +57,35 @@ class PipelineState(PipelineStats):
 
     def __init__(self) -> None:
         super().__init__()
-        self.indexes: OrderedDict[int, Any] = OrderedDict()
+        self.indexes: OrderedDict[int, DedupIndex] = OrderedDict()
         self.opened = 0
 
     def reset(self) -> None:
         PipelineStats.__init__(self)  # the counts; open indexes stay with their datasets
 
-    def open_dedup(self) -> int:
+    def open_dedup(self, claims: Claims | None = None) -> int:
+        """A new index, seeded with `claims` (`DedupIndex.claims_of` of a resumed chunk)."""
         from clipray.data.ops.filters import DedupIndex
 
         self.opened += 1
-        self.indexes[self.opened] = DedupIndex()
+        self.indexes[self.opened] = DedupIndex(claims)
         while len(self.indexes) > self.KEEP:
             self.indexes.popitem(last=False)
         return self.opened
 
     def claim_many(self, index: int, groups: dict[str, tuple[list[bytes], list[str]]]) -> dict[str, list[bool]]:
+        return self._index(index).claim_many(groups)
+
+    def dedup_claims(self, index: int, keys: Collection[str]) -> Claims:
+        return self._index(index).claims_of(keys)
+
+    def _index(self, index: int) -> DedupIndex:
         try:
-            dedup = self.indexes[index]
+            return self.indexes[index]
         except KeyError:
             raise RuntimeError(
                 f"duplicate index {index} was dropped: more than {self.KEEP} datasets of this pipeline "
                 f"were built after it (it is index {index} of {self.opened}); iterate fewer at once") from None
-        return dedup.claim_many(groups)
 
 
 @dataclass(frozen=True)
@@ -90,13 +100,19 @@ class SharedDedup:
 
         return ray.get(self.actor.claim_many.remote(self.index, groups))
 
+    def claims_of(self, keys: Collection[str]) -> Claims:
+        import ray
 
-def shared_dedup(state: Any = None) -> SharedDedup:
-    """A new duplicate index in `state` (a `stats_actor`), or in an actor of its own without one."""
+        return ray.get(self.actor.dedup_claims.remote(self.index, list(keys)))
+
+
+def shared_dedup(state: Any = None, claims: Claims | None = None) -> SharedDedup:
+    """A new duplicate index in `state` (a `stats_actor`), or in an actor of its own without one;
+    `claims` seed it (a resumed chunk's, see `DedupIndex.claims_of`)."""
     import ray
 
     actor = state if state is not None else ray.remote(num_cpus=0)(PipelineState).remote()
-    return SharedDedup(actor, ray.get(actor.open_dedup.remote()))
+    return SharedDedup(actor, ray.get(actor.open_dedup.remote(claims or None)))
 
 
 def stats_actor(name: str | None = None) -> Any:

@@ -15,6 +15,7 @@ import torch
 
 if TYPE_CHECKING:
     from clipray.config import PipelineConfig
+    from clipray.data.ops.filters import Claims
 
 Batch = dict[str, torch.Tensor]
 STATE_FILE = "state.pt"
@@ -123,15 +124,16 @@ class RayTrainContext:
         self.stats = stats
         self._chunk: tuple[int, int] = (0, 0)
         self._consumed: list[str] = []
+        self._dedup: Any = None  # rank 0: the current chunk's duplicate index (a SharedDedup)
         self._resume: Any = None
 
     def batches(self, epoch: int) -> Iterator[Batch]:
         from clipray.data.order import chunk_shuffle_seed
 
         chunks = self.plan.chunks(epoch)
-        first, skip = 0, []
+        first, skip, claims = 0, [], {}
         if self._resume is not None and self._resume.epoch == epoch:
-            first, skip = self._resume.chunk, self._resume.consumed
+            first, skip, claims = self._resume.chunk, self._resume.consumed, self._resume.claims
         self._resume = None
         for index in range(first, len(chunks)):
             # A resumed chunk still counts what was consumed before the resume (rank 0 carries
@@ -139,21 +141,26 @@ class RayTrainContext:
             carried = list(skip) if index == first and self.rank == 0 else []
             self._chunk, self._consumed = (epoch, index), carried
             shuffle_seed = chunk_shuffle_seed(self.seed, epoch, index)
-            for batch in self._chunk_batches(chunks[index], skip if index == first else [], shuffle_seed):
+            resumed = index == first
+            batches = self._chunk_batches(chunks[index], skip if resumed else [], claims if resumed else {},
+                                          shuffle_seed)
+            for batch in batches:
                 self._consumed.extend(batch["key"])  # type: ignore[arg-type]
                 yield batch
         self._chunk, self._consumed = (epoch, len(chunks)), []
 
-    def _chunk_batches(self, files: list[str], skip: list[str], shuffle_seed: int) -> Iterator[Batch]:
+    def _chunk_batches(self, files: list[str], skip: list[str], claims: Claims, shuffle_seed: int) -> Iterator[Batch]:
         """Rank 0 builds the chunk's dataset and splits it; every rank iterates its own shard."""
         import torch.distributed as dist
 
-        from clipray.data.pipeline import build_dataset
+        from clipray.data.pipeline import build_dataset, open_dedup
         from clipray.train.collate import TrainCollate
 
         shards: list[Any] = [None]
         if self.rank == 0:
-            ds = build_dataset(self.config, train=True, stats=self.stats, files=files, skip_keys=skip)
+            self._dedup = open_dedup(self.config, self.stats, claims)
+            ds = build_dataset(self.config, train=True, stats=self.stats, files=files, skip_keys=skip,
+                               dedup=self._dedup)
             shards = [ds.streaming_split(self.world_size, equal=True)] if self.world_size > 1 else [[ds]]
         if self.world_size > 1:
             dist.broadcast_object_list(shards, src=0)
@@ -179,7 +186,9 @@ class RayTrainContext:
         else:
             per_rank = [self._consumed]
         epoch, chunk = self._chunk
-        return DataCursor(epoch=epoch, chunk=chunk, consumed=merge_consumed(per_rank), seed=self.seed).to_dict()
+        consumed = merge_consumed(per_rank)
+        claims = self._dedup.claims_of(consumed) if self._dedup is not None and consumed else {}
+        return DataCursor(epoch=epoch, chunk=chunk, consumed=consumed, claims=claims, seed=self.seed).to_dict()
 
     def load_data_state(self, state: dict[str, Any] | None) -> None:
         from clipray.data.order import DataCursor

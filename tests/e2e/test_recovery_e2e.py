@@ -1,10 +1,12 @@
 """Fault recovery end to end: a training worker is SIGKILLed mid-run and Ray Train restarts it.
 
-Data: 128 clean rows in 4 files, 2 files per chunk, global batch 16 on 2 workers, so one epoch is
+Data: 160 clean rows in 4 files, 8 rows of each file a byte-identical copy of another row's image
+there (so 128 rows after dedup), 2 files per chunk, global batch 16 on 2 workers, so one epoch is
 8 steps = the run. Checkpoints every 3 steps (mid-chunk, so the resumed chunk skips the keys the
 checkpoint recorded). Checked: the run finishes at train.steps in the same MLflow run, every
 step logged exactly once, train/restarts = 1 with a cause tag, and every key of the dataset
-trained on exactly once, apart from the keys of steps replayed after the checkpoint.
+trained on exactly once, apart from the keys of steps replayed after the checkpoint, with
+exactly one key of each pair of identical images: also when the pair straddles the checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
@@ -22,6 +25,7 @@ from tests.conftest import ROOT, run_clipray
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 STEPS, GLOBAL_BATCH, CHECKPOINT_EVERY = 8, 16, 3
+SHARDS, COPIES = 4, 8  # per file: rows COPIES.. copy the images of rows 0..COPIES-1
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +33,13 @@ def clean_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from clipray.data.synth import write_synthetic
 
     out = tmp_path_factory.mktemp("clean")
-    write_synthetic(out, STEPS * GLOBAL_BATCH, shards=4, seed=3, image_size=32, eval_per_class=1, bad_rows=0)
+    write_synthetic(out, STEPS * GLOBAL_BATCH + SHARDS * COPIES, shards=SHARDS, seed=3, image_size=32,
+                    eval_per_class=1, bad_rows=0)
+    for path in sorted((out / "train").glob("*.parquet")):
+        table = pq.read_table(path)
+        jpg = table.column("jpg").to_pylist()
+        jpg[COPIES : 2 * COPIES] = jpg[:COPIES]
+        pq.write_table(table.set_column(table.column_names.index("jpg"), "jpg", pa.array(jpg, pa.binary())), path)
     return out
 
 
@@ -70,8 +80,16 @@ def test_worker_killed_run_resumes_exactly(clean_data: Path, run_env, tmp_path: 
             if (ln["pid"] in final_pids and ln["step"] > resumed_from)
             or (ln["pid"] not in final_pids and ln["step"] <= resumed_from) for k in ln["keys"]]
     replayed = [k for ln in lines if ln["pid"] not in final_pids and ln["step"] > resumed_from for k in ln["keys"]]
-    dataset = pq.read_table(clean_data / "train", columns=["key"]).column("key").to_pylist()
+    table = pq.read_table(clean_data / "train", columns=["key", "jpg"])
+    keys_of: dict[bytes, list[str]] = {}
+    for key, jpg in zip(table.column("key").to_pylist(), table.column("jpg").to_pylist(), strict=True):
+        keys_of.setdefault(jpg, []).append(key)
+    image_of = {k: min(keys) for keys in keys_of.values() for k in keys}  # an image named by its first key
     counts = Counter(kept)
-    assert set(counts) == set(dataset) and max(counts.values()) == 1
+    assert max(counts.values()) == 1 and set(counts) <= set(image_of)
+    images = Counter(image_of[k] for k in kept)  # one key of each pair of copies, one of every other image
+    assert max(images.values()) == 1, [(image, [k for k in kept if image_of[k] == image])
+                                       for image, n in images.items() if n > 1]
+    assert set(images) == set(image_of.values()), sorted(set(image_of.values()) - set(images))
     assert len(replayed) <= (kill_step - resumed_from) * GLOBAL_BATCH
     assert min(ln["step"] for ln in lines if ln["pid"] in final_pids) == resumed_from + 1

@@ -139,6 +139,24 @@ def test_pipeline_state_keeps_one_duplicate_index_per_dataset():
         state.claim_many(first, group)
 
 
+def test_resumed_index_drops_duplicates_of_consumed_rows_in_any_order():
+    """A resumed chunk skips its consumed rows before dedup; the seeded index still drops their
+    duplicates, even where a duplicate now arrives first."""
+    from clipray.data.stats import PipelineState
+
+    state = PipelineState()
+    before = state.open_dedup()
+    rows = {"f1": ([b"x", b"y", b"z", b"x"], ["a", "b", "c", "d"]), "f2": ([b"x"], ["e"])}
+    assert state.claim_many(before, rows) == {"f1": [False, False, False, True], "f2": [False]}
+    claims = state.dedup_claims(before, ["a", "c", "e", "d"])  # consumed: a, c, e ("d" was a duplicate)
+    assert claims == {"f1": {b"x": "a", b"z": "c"}, "f2": {b"x": "e"}}
+
+    after = state.open_dedup(claims)  # a, c and e are skipped: they never reach the op again
+    assert state.claim_many(after, {"f1": ([b"x", b"z", b"y"], ["d", "f", "b"])}) == {"f1": [True, True, False]}
+    assert state.claim_many(after, {"f2": ([b"w"], ["g"])}) == {"f2": [False]}  # new content is kept
+    assert state.dedup_claims(after, ["b", "g"]) == {"f1": {b"y": "b"}, "f2": {b"w": "g"}}
+
+
 def test_invalid_utf8_in_arrow_string_column_does_not_break_the_batch(tmp_path):
     caps = pa.array([b"fine", b"\xff\xfe"], pa.binary())
     table = pa.table({"caption": pa.Array.from_buffers(pa.string(), 2, caps.buffers())})

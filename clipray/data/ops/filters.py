@@ -6,7 +6,7 @@ Each filter is its own registered op with its own drop reasons, so `data.ops` ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,10 @@ class CaptionFilter:
         return drop_where(batch, lengths > self.max_chars, "caption_too_long", stats)
 
 
+# A duplicate index's entries: parquet file -> image hash -> the key that claimed it.
+Claims = dict[str, dict[bytes, str]]
+
+
 def content_hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
@@ -67,8 +71,9 @@ class DedupIndex:
     group keeps exactly one row, whichever actor sees which batch first.
     """
 
-    def __init__(self) -> None:
-        self.first: dict[str, dict[bytes, str]] = {}
+    def __init__(self, claims: Claims | None = None) -> None:
+        # `claims`: entries of an earlier execution of the same files (see `claims_of`).
+        self.first: dict[str, dict[bytes, str]] = {p: dict(m) for p, m in (claims or {}).items()}
 
     def claim(self, path: str, hashes: Sequence[bytes], keys: Sequence[str]) -> list[bool]:
         """True for each row that is a duplicate of another key of `path`."""
@@ -81,6 +86,17 @@ class DedupIndex:
 
     def claim_many(self, groups: dict[str, tuple[list[bytes], list[str]]]) -> dict[str, list[bool]]:
         return {path: self.claim(path, h, k) for path, (h, k) in groups.items()}
+
+    def claims_of(self, keys: Collection[str]) -> Claims:
+        """The entries that `keys` own: what a resumed execution of the same files starts from.
+
+        A resumed chunk leaves its consumed rows out before this op; seeded with their entries, the
+        index still drops their duplicates, in whatever order the rest arrives. Rows that were not
+        consumed need no entry: they come again and claim again, one row per group as before.
+        """
+        wanted = set(keys)
+        out = {p: {h: k for h, k in m.items() if k in wanted} for p, m in self.first.items()}
+        return {p: m for p, m in out.items() if m}
 
 
 class DedupImages:
