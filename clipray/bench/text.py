@@ -42,6 +42,41 @@ def _rate(fn: Callable[[Sequence[str]], Any], texts: Sequence[str], batch: int, 
     return best
 
 
+def _full_ftfy_seconds(tokenizer: Callable[[Sequence[str]], Any], texts: Sequence[str],
+                       batch: int) -> tuple[float, int]:
+    """CPU-s of one pass of `tokenizer` spent inside ftfy's full fix, and the number of such calls:
+    the lines that `clipray.text.clean` cannot prove its shortcuts for (mojibake, mostly)."""
+    import dataclasses
+
+    from clipray.text import clean
+
+    original = clean.ftfy_tables
+    tables = original()
+    spent, calls = 0.0, 0
+
+    def timed(fix: Callable[..., str]) -> Callable[..., str]:
+        def call(*args: Any) -> str:
+            nonlocal spent, calls
+            start = time.process_time()
+            try:
+                return fix(*args)
+            finally:
+                spent += time.process_time() - start
+                calls += 1
+        return call
+
+    metered = dataclasses.replace(tables, fix_text=timed(tables.fix_text),
+                                  fix_text_segment=timed(tables.fix_text_segment))
+    # clean.py looks `ftfy_tables` up at each call: swapping the module attribute meters this pass only.
+    clean.ftfy_tables = lambda: metered  # type: ignore[assignment]
+    try:
+        for i in range(0, len(texts), batch):
+            tokenizer(texts[i : i + batch])
+    finally:
+        clean.ftfy_tables = original
+    return spent, calls
+
+
 def package_sentences(path: str = "/var/lib/dpkg/status") -> list[str]:
     """Caption-like English with a real long-tail vocabulary: the package descriptions of a Debian
     system, split into sentences (empty where there is no dpkg database)."""
@@ -97,13 +132,18 @@ def run(args: argparse.Namespace) -> int:
           f"{pinned}; {args.captions} captions per corpus, batches of {args.batch}, best of {args.repeats}; "
           "rates per CPU-second of this one-core process")
     print(f"{'corpus':38s} {'SimpleTokenizer cold':>21s} {'SimpleTokenizer warm':>21s} {'clipray openai':>15s} "
-          f"{'speed-up (warm)':>16s}")
+          f"{'speed-up (warm)':>16s} {'ftfy-bound':>11s}")
     for name, texts in corpora(args.captions, args.seed).items():
         reference = reference_tokenizer(77)
         cold = _rate(reference, texts, args.batch, 1)
         warm = _rate(reference, texts, args.batch, args.repeats)
         fast = _rate(ours, texts, args.batch, args.repeats)
-        print(f"{name:38s} {cold:17,.0f} /s {warm:17,.0f} /s {fast:11,.0f} /s {fast / warm:15.1f}x")
+        in_ftfy, lines = _full_ftfy_seconds(ours, texts, args.batch)
+        bound = f"{len(texts) / warm / in_ftfy:10.1f}x" if in_ftfy > 0 else f"{'none':>11s}"
+        print(f"{name:38s} {cold:17,.0f} /s {warm:17,.0f} /s {fast:11,.0f} /s {fast / warm:15.1f}x {bound}"
+              f"  ({lines:,} lines through ftfy's full fix, {in_ftfy:.3f} CPU-s)")
+    print("ftfy-bound: the speed-up clipray would reach if everything but its calls of ftfy's full fix (the "
+          "lines whose mojibake repair the ids depend on) were free")
 
     if args.render_size:
         from clipray.text.render import UnifontRenderer
