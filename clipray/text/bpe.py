@@ -27,7 +27,11 @@ from pathlib import Path
 import numpy as np
 import regex
 
-from clipray.text.clean import clean_text, clean_text_until  # clean_text: also imported from here
+from clipray.text.clean import (  # clean_text: also imported from here
+    clean_text,
+    clean_text_until,
+    cleans_to_spacing_and_case,
+)
 from clipray.text.tokenizer import Tokenizer, pack, tokenizer_registry
 
 OPENAI_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
@@ -215,7 +219,10 @@ class ClipBPETokenizer:
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         # A long multi-line caption is cleaned only as far as its tokens can reach the row: the ids
         # of a cleaned prefix that ends between words are the first ids of the whole text.
-        cleaned = [clean_text_until(t, self._overflows) for t in texts]
+        # Text whose cleaning is only spacing and case goes to the backend as it is: the backend
+        # lower-cases each text, and its word pattern never matches a space, so runs of spaces and
+        # case give the same words (instant-clip-tokenizer 0.1: `Tokenizer::encode`).
+        cleaned = [t if cleans_to_spacing_and_case(t) else clean_text_until(t, self._overflows) for t in texts]
         out = self._backend.tokenize_batch(cleaned, self.context_length).astype(np.int32, copy=False)
         slow = [i for i, t in enumerate(cleaned) if self._needs_reference_path(t)]
         if slow:

@@ -55,6 +55,25 @@ def test_parity_with_simple_tokenizer(reference, openai_tok):
     assert time.perf_counter() - start < 60
 
 
+def test_plain_ascii_reaches_the_backend_uncleaned_with_the_same_ids(reference, openai_tok):
+    """Printable ASCII without "&" or "<" skips clipray's cleaning (the backend lower-cases, and
+    spaces only separate words): case, runs of spaces and contractions keep the reference's ids."""
+    import random
+    import string
+
+    from clipray.text.clean import cleans_to_spacing_and_case
+
+    rng = random.Random(5)
+    alphabet = string.ascii_letters + string.digits + string.punctuation.replace("&", "").replace("<", "") + " " * 12
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(3_000)]
+    texts += ["  Leading AND trailing  ", "IT'S", "DON'T   STOP'LL", "A'S'T 'Re'VE", "x" * 400, " ", ""]
+    assert all(cleans_to_spacing_and_case(t) for t in texts)
+    expected = reference.SimpleTokenizer(context_length=77)(texts).numpy()
+    ours = openai_tok(texts)
+    mismatches = [t for i, t in enumerate(texts) if not np.array_equal(expected[i], ours[i])]
+    assert not mismatches, mismatches[:3]
+
+
 def test_truncation_keeps_eot_and_context_length(reference):
     tok = load_tokenizer("openai", context_length=16)
     long = ["word " * 100, "中文" * 50]
