@@ -19,6 +19,19 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Tables clipray builds once and keeps (CLIPPO glyphs) go to this session's temp dir, not the
+    user's ~/.cache; subprocesses and Ray workers inherit the setting."""
+    before = os.environ.get("CLIPRAY_CACHE_DIR")
+    os.environ["CLIPRAY_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        os.environ.pop("CLIPRAY_CACHE_DIR", None)
+    else:
+        os.environ["CLIPRAY_CACHE_DIR"] = before
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A few hundred synthetic rows with a handful broken on purpose (shared, read-only)."""

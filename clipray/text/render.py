@@ -8,13 +8,21 @@ from the top-left, cut when the canvas is full, grey background and black text, 
 Characters without a glyph (and all code points beyond the BMP file) are blank.
 
 The glyph table is built once: every trimmed glyph is stored side by side in one (16, columns, 3)
-array, so a caption is rendered with one gather over its columns and one slice copy per row.
+array, so a caption is rendered with one gather over its columns and one slice copy per row. It is
+kept on disk (`glyph_cache_dir`) keyed by the font's bytes and the drawing options, and mapped
+read-only: a renderer (one per preprocessing actor, per Ray Dataset execution) then starts in
+about 15 ms instead of 0.4 CPU-s, and the actors of a node share one copy of the 38 MB table
+through the page cache instead of holding one each.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
+import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -64,6 +72,17 @@ def read_hex_font(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     return bitmaps, covered
 
 
+GLYPH_TABLE_VERSION = 1  # bump when the table's layout changes: older cached tables are then rebuilt
+
+
+def glyph_cache_dir() -> Path:
+    """Where built glyph tables are kept: `$CLIPRAY_CACHE_DIR`, else `$XDG_CACHE_HOME/clipray`, else
+    `~/.cache/clipray`."""
+    if os.environ.get("CLIPRAY_CACHE_DIR"):
+        return Path(os.environ["CLIPRAY_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "clipray"
+
+
 def trim_bounds(bitmap: np.ndarray, spacing: int = 1, min_width: int = 4) -> tuple[int, int]:
     """Columns [first, last) kept of a 16x16 glyph (big_vision's `trim_letter`)."""
     ink = np.flatnonzero(bitmap.any(axis=0))
@@ -71,6 +90,44 @@ def trim_bounds(bitmap: np.ndarray, spacing: int = 1, min_width: int = 4) -> tup
     first = max(first_ink - spacing, 0)
     last = max(last_ink + spacing, first + min_width)
     return first, min(last, GLYPH)
+
+
+def build_glyph_tables(bitmaps: np.ndarray, covered: np.ndarray, *, spacing: int, min_width: int,
+                       foreground: int, background: int) -> dict[str, np.ndarray]:
+    """covered (glyphs,) bool, widths (glyphs,) int64 and strip (16, columns, 3) uint8: the trimmed
+    glyphs side by side as final RGB pixels, so that a caption's rows are one gather along the
+    columns and one row-major copy per 16-px row."""
+    bounds = np.array([trim_bounds(b, spacing, min_width) for b in bitmaps], dtype=np.int64)
+    strip = np.concatenate([bitmaps[cp, :, a:b] for cp, (a, b) in enumerate(bounds)], axis=1)
+    rgb = np.repeat(np.where(strip, np.uint8(foreground), np.uint8(background))[..., None], 3, axis=2)
+    return {"covered": covered, "widths": bounds[:, 1] - bounds[:, 0], "strip": rgb}
+
+
+def glyph_tables(font: str | os.PathLike[str], **options: int) -> dict[str, np.ndarray]:
+    """`build_glyph_tables` of `font`, mapped read-only from `glyph_cache_dir()` when built before
+    for the same font bytes and options, else built and stored there (atomically: concurrent actors
+    may race; each writes its own file and renames it into place). An unwritable cache directory
+    only costs the rebuild."""
+    path = Path(font)
+    if not path.is_file():
+        raise FileNotFoundError(f"font {str(path)!r} does not exist. {FONT_HELP}")
+    key = hashlib.sha256(path.read_bytes())
+    key.update(json.dumps({"options": options, "version": GLYPH_TABLE_VERSION}, sort_keys=True).encode())
+    entry = glyph_cache_dir() / f"unifont-{key.hexdigest()[:24]}"
+    try:
+        return {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ("covered", "widths", "strip")}
+    except (OSError, ValueError):
+        pass  # not built yet (or a partial entry): build it
+    tables = build_glyph_tables(*read_hex_font(path), **options)
+    try:
+        entry.mkdir(parents=True, exist_ok=True)
+        for name, array in tables.items():
+            with tempfile.NamedTemporaryFile(dir=entry, suffix=".tmp", delete=False) as f:
+                np.save(f, array)
+            os.replace(f.name, entry / f"{name}.npy")
+    except OSError as e:
+        logging.getLogger(__name__).warning("glyph table of %s not cached in %s: %s", path, entry, e)
+    return tables
 
 
 class UnifontRenderer:
@@ -87,14 +144,9 @@ class UnifontRenderer:
         self.foreground = foreground
         self.lower = lower
         self.font = str(font)
-        self.bitmaps, self.covered = read_hex_font(font)
-        bounds = np.array([trim_bounds(b, spacing, min_width) for b in self.bitmaps], dtype=np.int64)
-        self.widths = bounds[:, 1] - bounds[:, 0]
+        tables = glyph_tables(font, spacing=spacing, min_width=min_width, foreground=foreground, background=background)
+        self.covered, self.widths, self.strip = tables["covered"], tables["widths"], tables["strip"]
         self.offsets = np.concatenate([[0], np.cumsum(self.widths)[:-1]])
-        # Trimmed glyphs side by side as final RGB pixels (16, columns, 3): a caption's rows are
-        # then one gather along the columns and one row-major copy per 16-px row.
-        strip = np.concatenate([self.bitmaps[cp, :, a:b] for cp, (a, b) in enumerate(bounds)], axis=1)
-        self.strip = np.repeat(np.where(strip, np.uint8(foreground), np.uint8(background))[..., None], 3, axis=2)
         self.rows = image_size // GLYPH + (1 if image_size % GLYPH else 0)
 
     def codepoints(self, text: str) -> np.ndarray:
