@@ -17,7 +17,6 @@ import gzip
 import importlib.util
 import itertools
 import os
-import re
 import shutil
 import tempfile
 import unicodedata
@@ -83,11 +82,15 @@ def fetch_to_local(uri: str) -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _unicode_drift() -> re.Pattern[str] | None:
+def _unicode_drift() -> frozenset[str]:
     """Characters whose class under the reference pattern (the `regex` module, IGNORECASE) differs
     from their plain Unicode category in Python's own tables: code points assigned in newer Unicode
     versions, and case-folding oddities such as U+0345, which the reference silently drops. The
-    Rust backend follows plain categories, so texts with these characters take the Python path."""
+    Rust backend follows plain categories, so texts with these characters take the Python path.
+
+    A set, not a character class: about 27,000 code points in 89 runs, most beyond the BMP, which `re`
+    tests one range after another at every position (4-5 us per caption, against 0.3-0.4 us for
+    `isdisjoint`; about 2 MB)."""
     cps = np.array([cp for cp in range(0x80, 0x110000) if not 0xD800 <= cp <= 0xDFFF])
     chars = "".join(map(chr, cps.tolist()))
     reference = np.zeros(len(cps), dtype=np.int8)  # 0 dropped, 1 letter, 2 number, 3 other
@@ -97,15 +100,7 @@ def _unicode_drift() -> re.Pattern[str] | None:
     plain = np.array([_PLAIN_CLASS.get(unicodedata.category(ch)[0], 3) for ch in chars], dtype=np.int8)
     for m in regex.finditer(r"\s+", chars):
         plain[m.start() : m.end()] = 0
-    drift = cps[reference != plain].tolist()
-    if not drift:
-        return None
-    ranges, start = [], drift[0]
-    for prev, cp in zip(drift, [*drift[1:], -1]):
-        if cp != prev + 1:
-            ranges.append(re.escape(chr(start)) + ("-" + re.escape(chr(prev)) if prev > start else ""))
-            start = cp
-    return re.compile("[" + "".join(ranges) + "]")
+    return frozenset(map(chr, cps[reference != plain].tolist()))
 
 
 _PLAIN_CLASS = {"L": 1, "N": 2}
@@ -192,8 +187,7 @@ class ClipBPETokenizer:
     def _needs_reference_path(self, cleaned: str) -> bool:
         if cleaned.isascii():
             return "<" in cleaned and (SOT_TEXT in cleaned or EOT_TEXT in cleaned)
-        drift = _unicode_drift()
-        return (SOT_TEXT in cleaned or EOT_TEXT in cleaned) or (drift is not None and drift.search(cleaned) is not None)
+        return SOT_TEXT in cleaned or EOT_TEXT in cleaned or not _unicode_drift().isdisjoint(cleaned)
 
     def _reference_encode(self, cleaned: str) -> list[int]:
         if self._python is None:
