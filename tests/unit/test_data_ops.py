@@ -49,6 +49,33 @@ def test_clean_caption(raw, clean):
     assert clean_caption(raw) == clean
 
 
+def test_clean_caption_equals_its_plain_definition_on_varied_captions():
+    """The shortcuts (clipray's ftfy, the printable-ASCII path) give what the plain steps give:
+    ftfy.fix_text, HTML unescaped twice, whitespace -> space, other control/format characters
+    dropped, whitespace collapsed."""
+    import html
+    import random
+    import string
+    import unicodedata
+
+    import ftfy
+
+    from clipray.data.ops.text import _WHITESPACE
+    from clipray.text.captions import varied_captions
+
+    def plain(text: str) -> str:
+        text = html.unescape(html.unescape(ftfy.fix_text(text)))
+        text = "".join(" " if ch.isspace() else ch for ch in text
+                       if ch.isspace() or unicodedata.category(ch)[0] != "C")
+        return _WHITESPACE.sub(" ", text).strip()
+
+    rng = random.Random(2)
+    ascii_texts = ["".join(rng.choice(string.printable) for _ in range(rng.randint(0, 80))) for _ in range(2_000)]
+    texts = varied_captions(4_000, seed=7) + ascii_texts + ["a&#10;b", "x&#0;y", "&#x85;z", "p&amp;#9;q"]
+    mismatches = [t for t in texts if clean_caption(t) != plain(t)]
+    assert not mismatches, mismatches[:3]
+
+
 def test_empty_and_null_captions_dropped():
     stats = CountingStats()
     out = CleanCaptions("TEXT")({"key": np.array(["a", "b", "c"], dtype=object), "TEXT": ["ok", None, " &nbsp; "]},

@@ -19,6 +19,8 @@ def clean_caption(text: str, *, fix_text: bool = True) -> str:
         # ftfy also unescapes HTML entities, but only in text without tags: unescape below regardless.
         text = _ftfy_fix(text)
     text = html.unescape(html.unescape(text))
+    if text.isascii() and text.isprintable():  # no control characters; spaces are its only whitespace
+        return " ".join(text.split())
     text = "".join(
         " " if ch.isspace() else ch
         for ch in text
@@ -28,10 +30,12 @@ def clean_caption(text: str, *, fix_text: bool = True) -> str:
 
 
 def _ftfy_fix(text: str) -> str:
-    import ftfy
+    from clipray.text.clean import fix_text
 
-    # normalization NFC keeps characters as written (NFKC would fold e.g. full-width forms)
-    return ftfy.fix_text(text, normalization="NFC")
+    # `ftfy.fix_text(text)` (its default normalization, NFC, keeps characters as written; NFKC
+    # would fold e.g. full-width forms), skipping ftfy for the lines it provably leaves alone:
+    # ASCII captions cost about 1 us instead of 20-25.
+    return fix_text(text)
 
 
 def as_text(value: object) -> str | None:
