@@ -39,9 +39,6 @@ class PipelineStats:
             "elapsed_s": round(elapsed, 3),
         }
 
-    def reset(self) -> None:
-        self.__init__()  # type: ignore[misc]
-
 
 class PipelineState(PipelineStats):
     """`PipelineStats` plus one duplicate-image index per dataset execution (`open_dedup`).
@@ -59,9 +56,6 @@ class PipelineState(PipelineStats):
         super().__init__()
         self.indexes: OrderedDict[int, DedupIndex] = OrderedDict()
         self.opened = 0
-
-    def reset(self) -> None:
-        PipelineStats.__init__(self)  # the counts; open indexes stay with their datasets
 
     def open_dedup(self, claims: Claims | None = None) -> int:
         """A new index, seeded with `claims` (`DedupIndex.claims_of` of a resumed chunk)."""
