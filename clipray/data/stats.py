@@ -106,7 +106,7 @@ def shared_dedup(state: Any = None, claims: Claims | None = None) -> SharedDedup
     import ray
 
     actor = state if state is not None else ray.remote(num_cpus=0)(PipelineState).remote()
-    return SharedDedup(actor, ray.get(actor.open_dedup.remote(claims or None)))
+    return SharedDedup(actor, ray.get(actor.open_dedup.remote(claims)))
 
 
 def stats_actor(name: str | None = None) -> Any:

@@ -215,8 +215,10 @@ class ClipBPETokenizer:
         # of a cleaned prefix that ends between words are the first ids of the whole text.
         # Text whose cleaning is only spacing and case goes to the backend as it is: the backend
         # lower-cases each text, and its word pattern never matches a space, so runs of spaces and
-        # case give the same words (instant-clip-tokenizer 0.1: `Tokenizer::encode`).
-        cleaned = [t if cleans_to_spacing_and_case(t) else clean_text_until(t, self._overflows) for t in texts]
+        # case give the same words (instant-clip-tokenizer 0.1: `Tokenizer::encode`). Text with "<"
+        # is cleaned, so that special-token text ("<START_OF_TEXT>") is found lower-cased below.
+        cleaned = [t if "<" not in t and cleans_to_spacing_and_case(t) else clean_text_until(t, self._overflows)
+                   for t in texts]
         out = self._backend.tokenize_batch(cleaned, self.context_length).astype(np.int32, copy=False)
         slow = [i for i, t in enumerate(cleaned) if self._needs_reference_path(t)]
         if slow:

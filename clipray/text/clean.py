@@ -300,15 +300,14 @@ def clean_text(text: str) -> str:
     Printable ASCII without "&" skips ftfy entirely: no pass fixer changes it, it is NFC, and
     fix_encoding and unescape_html return it unchanged (see `_fix_segment`).
     """
-    if text.isascii() and text.isprintable() and "&" not in text and ftfy_tables().shortcuts:
+    if cleans_to_spacing_and_case(text):
         return " ".join(text.split()).lower()
     return _finish(fix_text(text))
 
 
 def cleans_to_spacing_and_case(text: str) -> bool:
-    """Printable ASCII without "&" or "<": `clean_text` only collapses its spaces and lower-cases it
-    (see `clean_text`), and it holds no special-token text such as "<start_of_text>"."""
-    return text.isascii() and text.isprintable() and "&" not in text and "<" not in text and ftfy_tables().shortcuts
+    """Printable ASCII without "&": `clean_text` only collapses its spaces and lower-cases it."""
+    return text.isascii() and text.isprintable() and "&" not in text and ftfy_tables().shortcuts
 
 
 LONG_TEXT = 512  # characters: shorter texts are cleaned whole

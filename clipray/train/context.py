@@ -136,12 +136,12 @@ class RayTrainContext:
             first, skip, claims = self._resume.chunk, self._resume.consumed, self._resume.claims
         self._resume = None
         for index in range(first, len(chunks)):
+            resumed = index == first
             # A resumed chunk still counts what was consumed before the resume (rank 0 carries
             # it into the next cursor): a second restart in the same chunk must skip those too.
-            carried = list(skip) if index == first and self.rank == 0 else []
+            carried = list(skip) if resumed and self.rank == 0 else []
             self._chunk, self._consumed = (epoch, index), carried
             shuffle_seed = chunk_shuffle_seed(self.seed, epoch, index)
-            resumed = index == first
             batches = self._chunk_batches(chunks[index], skip if resumed else [], claims if resumed else {},
                                           shuffle_seed)
             for batch in batches:
