@@ -91,9 +91,11 @@ class _RowsCrossEntropy(torch.autograd.Function):
             grad_scale += torch.vdot(probs.reshape(-1), raw.reshape(-1))
             del raw
             grad_q[s : s + ROW_CHUNK] = (probs @ keys).mul_(scale)
-            grad_keys.addmm_(probs.T, q_s, alpha=float(scale))
+            grad_keys.addmm_(probs.T, q_s)
             del probs
-        return grad_q, grad_keys, grad_scale, None
+        # Scaled once here rather than through addmm's alpha: alpha=float(scale) would copy the
+        # scale to the host, a device sync per block and a graph break under torch.compile.
+        return grad_q, grad_keys.mul_(scale), grad_scale, None
 
 
 def softmax_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, *,

@@ -33,7 +33,7 @@ from clipray.losses.albef import (
 )
 from clipray.models.albef.model import ALBEF
 from clipray.models.common.image import to_model_input
-from clipray.train.objectives import Objective, build_initial_model, objective_registry
+from clipray.train.objectives import Objective, Report, build_initial_model, objective_registry
 from clipray.train.parallel import Parallel
 
 
@@ -105,7 +105,7 @@ class AlbefObjective(Objective):
         self.model.train(mode)
         self.momentum.eval()  # no dropout/BN here, but the momentum model never trains
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Report]:
         images = to_model_input(batch["image"].to(self.device, non_blocking=True), self.mean, self.std)
         ids = batch["tokens"].to(self.device, non_blocking=True).long()
         vocab = self.config.model.text.vocab_size
@@ -130,7 +130,7 @@ class AlbefObjective(Objective):
         losses = self.model(images, ids, masked, labels, image_keys, text_keys, sim_i2t_m, sim_t2i_m,
                             mlm_logits_m, alpha)
         self._pending = (image_feat_m, text_feat_m)
-        report = {"temp": float(temp), "alpha": alpha, "queue_filled": float(self.image_queue.filled)}
+        report: Report = {"temp": temp.clone(), "alpha": alpha, "queue_filled": float(self.image_queue.filled)}
         return losses, report
 
     @torch.no_grad()

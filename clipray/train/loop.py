@@ -22,7 +22,7 @@ from clipray.tracking import NullTracker, Tracker
 from clipray.train.context import TrainContext
 from clipray.train.durable import DurableTracker, SampleLog
 from clipray.train.faults import maybe_die
-from clipray.train.objectives import build_objective
+from clipray.train.objectives import Report, build_objective
 from clipray.train.optim import build_optimizer, build_scheduler
 from clipray.train.parallel import clip_grad_norm
 
@@ -113,7 +113,7 @@ def _say(message: str) -> None:
     sys.stdout.flush()
 
 
-def _metrics(losses: dict[str, torch.Tensor], report: dict[str, float], ctx: TrainContext,
+def _metrics(losses: dict[str, torch.Tensor], report: Report, ctx: TrainContext,
              optimizer: torch.optim.Optimizer, grad_norm: torch.Tensor, samples_per_s: float) -> dict[str, float]:
     values = torch.stack([v.detach().float() for v in losses.values()])
     if ctx.world_size > 1:  # each rank holds the loss of its rows; the batch loss is their mean

@@ -21,6 +21,10 @@ from clipray.registry import Registry
 from clipray.train.gradcache import cached_backward, split_batch
 from clipray.train.parallel import Parallel, apply_memory_switches
 
+# Scalars shown beside the losses. Tensors stay on the device: the loop reads them only on logging
+# steps, so an ordinary step never waits for the GPU to copy a number to the host.
+Report = dict[str, float | torch.Tensor]
+
 objective_registry: Registry[Callable[..., Objective]] = Registry(
     "objective", lazy_modules=["clipray.train.albef_objective"]
 )
@@ -38,12 +42,12 @@ class Objective:
         self.parallel = Parallel(self.module, strategy=parallel, world_size=world_size, device=device)
         self.model: nn.Module = self.parallel.model
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Report]:
         raise NotImplementedError
 
     def forward_backward(self, batch: dict[str, torch.Tensor],
                          autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                         ) -> tuple[dict[str, torch.Tensor], Report]:
         """Losses of one step with their gradients accumulated into the parameters."""
         with autocast():
             losses, report = self(batch)
@@ -110,19 +114,19 @@ class ContrastiveObjective(Objective):
                                             world_size=self.world_size)
         return softmax_contrastive_loss(image_emb, text_emb, scale, rank=self.rank, world_size=self.world_size)
 
-    def _report(self, scale: torch.Tensor) -> dict[str, float]:
-        out = {"logit_scale": float(scale.detach())}
+    def _report(self, scale: torch.Tensor) -> Report:
+        out: Report = {"logit_scale": scale.detach()}
         if self.loss_kind == "sigmoid":
-            out["logit_bias"] = float(self.module.logit_bias.detach())
+            out["logit_bias"] = self.module.logit_bias.detach().clone()  # the optimizer updates it in place
         return out
 
-    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Report]:
         image_emb, text_emb, scale = self.model(*self._inputs(batch))
         return {"loss": self.loss(image_emb, text_emb, scale)}, self._report(scale)
 
     def forward_backward(self, batch: dict[str, torch.Tensor],
                          autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-                         ) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                         ) -> tuple[dict[str, torch.Tensor], Report]:
         if self.micro_batches == 1:
             return super().forward_backward(batch, autocast)
         scale = self.module.logit_scale.exp()
