@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -170,6 +171,7 @@ def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_C
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
 READER_CPU_ENV = "RAY_DATA_PARQUET_READER_CPU_COUNT"
 BIN_BYTES_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
+PROGRESS_BARS_OFF_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
 # Ray Data packs parquet row groups into read units of up to 128 MiB, and one unit is one task for
 # one preprocessing actor: four 25 MB files made a single unit that left the second actor of two
 # idle, twelve made three units split 7:5 between two actors. Units of 32 MiB keep every actor busy
@@ -187,7 +189,13 @@ def worker_env() -> dict[str, str]:
     """clipray's defaults for the Ray workers' environment that this process's environment does
     not set: a value set here already (by the user, or by a job's runtime_env) wins and is not
     repeated, which would also make Ray refuse to merge a job's runtime_env with the driver's."""
-    return {name: value for name, value in WORKER_ENV_DEFAULTS.items() if name not in os.environ}
+    defaults = dict(WORKER_ENV_DEFAULTS)
+    if not sys.stdout.isatty():
+        # A train worker's Ray Data progress bars reach the driver as log lines. Written to a file
+        # (a job's log, CI), every redraw repeats each finished bar: 1,100 such lines in a
+        # 60-step run. Each execution's start and finish lines remain.
+        defaults[PROGRESS_BARS_OFF_ENV] = "1"
+    return {name: value for name, value in defaults.items() if name not in os.environ}
 
 
 def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed: int | None = None,

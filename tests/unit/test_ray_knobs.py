@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import os
+import sys
 
-from clipray.data.sources import FOOTER_ACTORS_ENV, READER_CPU_ENV, _env_default, worker_env
+from clipray.data.sources import (
+    FOOTER_ACTORS_ENV,
+    PROGRESS_BARS_OFF_ENV,
+    READER_CPU_ENV,
+    _env_default,
+    worker_env,
+)
 
 
 def test_footer_actor_default_is_scoped_and_yields_to_the_user(monkeypatch):
@@ -25,3 +33,19 @@ def test_worker_env_leaves_values_already_set_alone(monkeypatch):
     # driver's runtime_env naming the same variable): not repeated.
     monkeypatch.setenv(READER_CPU_ENV, "8")
     assert READER_CPU_ENV not in worker_env()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_worker_progress_bars_are_off_only_when_the_driver_writes_to_a_file(monkeypatch):
+    monkeypatch.delenv(PROGRESS_BARS_OFF_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # a log file, a job's log, CI
+    assert worker_env()[PROGRESS_BARS_OFF_ENV] == "1"
+    monkeypatch.setattr(sys, "stdout", _Terminal())  # bars redraw in place on a terminal
+    assert PROGRESS_BARS_OFF_ENV not in worker_env()
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    monkeypatch.setenv(PROGRESS_BARS_OFF_ENV, "0")  # the user's choice wins
+    assert PROGRESS_BARS_OFF_ENV not in worker_env()
