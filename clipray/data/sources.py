@@ -190,12 +190,31 @@ def worker_env() -> dict[str, str]:
     not set: a value set here already (by the user, or by a job's runtime_env) wins and is not
     repeated, which would also make Ray refuse to merge a job's runtime_env with the driver's."""
     defaults = dict(WORKER_ENV_DEFAULTS)
-    if not sys.stdout.isatty():
-        # A train worker's Ray Data progress bars reach the driver as log lines. Written to a file
-        # (a job's log, CI), every redraw repeats each finished bar: 1,100 such lines in a
-        # 60-step run. Each execution's start and finish lines remain.
+    if progress_bars_unwanted():
         defaults[PROGRESS_BARS_OFF_ENV] = "1"
     return {name: value for name, value in defaults.items() if name not in os.environ}
+
+
+def progress_bars_unwanted() -> bool:
+    """This process writes to a file (a job's log, CI) and the user has not chosen either way.
+
+    Ray Data's progress bars in the Ray processes reach the driver as log lines, and in a file
+    every redraw repeats each finished bar: 1,100 such lines in a 60-step run. Each execution's
+    start and finish lines remain.
+    """
+    return not sys.stdout.isatty() and PROGRESS_BARS_OFF_ENV not in os.environ
+
+
+def quiet_progress_bars() -> None:
+    """Progress bars off in this process's Ray Data context when `progress_bars_unwanted()`.
+
+    The environment variable alone is not enough: Ray Train hands the driver's context to its
+    workers, and the context reads the variable once, when ray.data is imported.
+    """
+    if progress_bars_unwanted():
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
 
 
 def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed: int | None = None,

@@ -13,7 +13,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
-from clipray.data.sources import worker_env
+from clipray.data.sources import quiet_progress_bars, worker_env
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.train.faults import ENV as FAULT_ENV
@@ -38,6 +38,7 @@ def init_ray(config: PipelineConfig) -> None:
 
     if ray.is_initialized():
         return
+    quiet_progress_bars()  # before worker_env() sets the variable for the workers
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         # Workers of an existing cluster do not inherit this process's environment: clipray's

@@ -11,6 +11,7 @@ from clipray.data.sources import (
     PROGRESS_BARS_OFF_ENV,
     READER_CPU_ENV,
     _env_default,
+    quiet_progress_bars,
     worker_env,
 )
 
@@ -49,3 +50,19 @@ def test_worker_progress_bars_are_off_only_when_the_driver_writes_to_a_file(monk
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     monkeypatch.setenv(PROGRESS_BARS_OFF_ENV, "0")  # the user's choice wins
     assert PROGRESS_BARS_OFF_ENV not in worker_env()
+
+
+def test_driver_context_loses_its_bars_too(monkeypatch):
+    """Ray Train hands the driver's Ray Data context to its workers: the variable alone would
+    come too late for a driver that imported ray.data already."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    monkeypatch.setattr(ctx, "enable_progress_bars", True)
+    monkeypatch.delenv(PROGRESS_BARS_OFF_ENV, raising=False)
+    monkeypatch.setattr(sys, "stdout", _Terminal())
+    quiet_progress_bars()
+    assert ctx.enable_progress_bars
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    quiet_progress_bars()
+    assert not ctx.enable_progress_bars
