@@ -151,14 +151,23 @@ def apply_memory_switches(module: nn.Module, *, grad_checkpointing: bool, compil
 
 def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float | None) -> torch.Tensor:
     """Global gradient norm (clipped to `max_norm` when set); sharded (DTensor) grads included."""
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
+    params = [p for p in parameters if p.grad is not None]
+    if not params:
         return torch.zeros(())
-    norms = [torch.linalg.vector_norm(g.detach().float()) for g in grads]
-    norms = [n.full_tensor() if hasattr(n, "full_tensor") else n for n in norms]  # DTensor -> global norm
-    total = torch.linalg.vector_norm(torch.stack([n.to(norms[0].device) for n in norms]))
+    # torch's fused (foreach) norms: a few kernels instead of one per parameter. FSDP's sharded
+    # grads (DTensors) give a norm of the local shards that full_tensor() makes global with one
+    # all-reduce, where a global norm per parameter took one all-reduce each.
+    sharded = [p for p in params if hasattr(p.grad, "full_tensor")]
+    plain = [p for p in params if not hasattr(p.grad, "full_tensor")]
+    parts = [torch.nn.utils.get_total_norm([p.grad for p in plain])] if plain else []
+    if sharded:
+        parts.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())
+    total = parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack([t.to(parts[0].device) for t in parts]))
     if max_norm:
-        coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-        for g in grads:
-            g.detach().mul_(coef.to(g.device))
+        if plain:
+            torch.nn.utils.clip_grads_with_norm_(plain, max_norm, total)
+        if sharded:  # the foreach multiply does not take DTensors beside a plain scale
+            coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+            for p in sharded:
+                p.grad.detach().mul_(coef.to(p.grad.device))
     return total
