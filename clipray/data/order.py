@@ -27,7 +27,10 @@ import hashlib
 import random
 from collections.abc import Collection, Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from clipray.data.ops.filters import Claims
 
 
 def list_files(source: str, endpoint_url: str | None = None, *,
@@ -72,7 +75,7 @@ class DataCursor:
     consumed: list[str] = field(default_factory=list)  # keys taken from this chunk, all workers
     # The duplicate index's entries of those keys (file -> image hash -> key): the resumed chunk
     # skips the rows, and still drops their duplicates (`DedupIndex.claims_of`).
-    claims: dict[str, dict[bytes, str]] = field(default_factory=dict)
+    claims: Claims = field(default_factory=dict)
     seed: int = 0
     chunk_seed: int = 0  # local shuffle seed of this chunk
 

@@ -162,7 +162,10 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float | None) -> to
     parts = [torch.nn.utils.get_total_norm([p.grad for p in plain])] if plain else []
     if sharded:
         parts.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())
-    total = parts[0] if len(parts) == 1 else torch.linalg.vector_norm(torch.stack([t.to(parts[0].device) for t in parts]))
+    if len(parts) == 1:
+        total = parts[0]
+    else:
+        total = torch.linalg.vector_norm(torch.stack([t.to(parts[0].device) for t in parts]))
     if max_norm:
         if plain:
             torch.nn.utils.clip_grads_with_norm_(plain, max_norm, total)
