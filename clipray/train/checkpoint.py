@@ -26,13 +26,11 @@ def _filesystem(root: str) -> tuple[Any, str]:
     from pyarrow import fs
 
     if root.startswith("s3://"):
-        import os
+        from clipray.data.sources import s3_filesystem
 
-        from clipray.data.sources import resolve
-
-        endpoint = os.environ.get("AWS_ENDPOINT_URL")
-        _, filesystem = resolve(root, endpoint)
-        return filesystem, root.removeprefix("s3://").rstrip("/")
+        # The endpoint comes from $AWS_ENDPOINT_URL, as for data.source. Not `resolve`: that lists
+        # a prefix's parquet files, and a checkpoint root holds none.
+        return s3_filesystem(), root.removeprefix("s3://").rstrip("/")
     local = fs.LocalFileSystem()
     return local, str(root).rstrip("/")
 

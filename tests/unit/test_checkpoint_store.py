@@ -45,3 +45,21 @@ def test_keeps_the_newest_k_and_drops_stale_partials(tmp_path):
         store.save({"step": step}, step)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000004", "step_00000006"]
     assert store.load(4)["step"] == 4
+
+
+def test_store_on_s3(s3_server, monkeypatch):
+    # Run storage on an object store (train.storage_path: s3://...): save, find, load and prune
+    # through the S3 API, the endpoint and keys taken from the standard AWS variables.
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = s3_server.create_bucket("checkpoint-store")
+    store = CheckpointStore(f"s3://{bucket}/run/checkpoints", keep=1)
+    for step in (2, 4):
+        store.save({"step": step, "weights": torch.full((4,), float(step))}, step)
+    assert store.latest() == 4
+    state = store.load()
+    assert state["step"] == 4 and torch.equal(state["weights"], torch.full((4,), 4.0))
+    # keep=1: step 2 is pruned (pyarrow also writes "directory/" marker objects; files only here)
+    keys = {o["Key"] for o in s3_server.client().list_objects_v2(Bucket=bucket)["Contents"]}
+    assert {k for k in keys if not k.endswith("/")} == {f"run/checkpoints/step_00000004/{STATE}",
+                                                         f"run/checkpoints/step_00000004/{MARKER}"}

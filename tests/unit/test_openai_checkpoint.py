@@ -8,6 +8,7 @@ environment with open_clip + torchvision, because torchvision does not import be
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,23 @@ def test_jit_extras_and_module_prefix_are_dropped(tmp_path: Path):
         for p in fresh.parameters():
             p.zero_()
     load_init(fresh, str(path))
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in sd.items())
+
+
+def test_init_from_s3(s3_server, monkeypatch):
+    # model.init_from: s3://...: read through the S3 API, the endpoint from $AWS_ENDPOINT_URL.
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    sd, _ = golden("rn_tiny")
+    buf = io.BytesIO()
+    torch.save(sd, buf)
+    bucket = s3_server.create_bucket("init-from")
+    s3_server.client().put_object(Bucket=bucket, Key="models/rn.pt", Body=buf.getvalue())
+    fresh = from_openai_state_dict(sd)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    load_init(fresh, f"s3://{bucket}/models/rn.pt")
     assert all(torch.equal(fresh.state_dict()[k], v) for k, v in sd.items())
 
 

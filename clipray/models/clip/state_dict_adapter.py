@@ -112,12 +112,11 @@ def _read_bytes(path_or_uri: str) -> bytes:
     from pyarrow import fs
 
     if path_or_uri.startswith("s3://"):  # honours $AWS_ENDPOINT_URL like data.source does
-        from clipray.data.sources import resolve
+        from clipray.data.sources import s3_filesystem
 
-        path, filesystem = resolve(path_or_uri)
+        filesystem, path = s3_filesystem(), path_or_uri.removeprefix("s3://")
     else:
         filesystem, path = fs.FileSystem.from_uri(path_or_uri)
-    assert filesystem is not None and isinstance(path, str)
     with filesystem.open_input_stream(path) as f:
         return f.read()
 
