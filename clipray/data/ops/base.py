@@ -20,8 +20,13 @@ class DropStats(Protocol):
 class Op(Protocol):
     """reads/writes name the columns; __call__ returns the (possibly shorter) batch."""
 
-    reads: tuple[str, ...]
-    writes: tuple[str, ...]
+    # Read-only: an op's `reads = ("image",)` is a tuple[str], which a settable
+    # tuple[str, ...] member would not accept.
+    @property
+    def reads(self) -> tuple[str, ...]: ...
+
+    @property
+    def writes(self) -> tuple[str, ...]: ...
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch: ...
 

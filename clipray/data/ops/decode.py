@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from types import ModuleType
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -56,7 +57,7 @@ class DecodeImages:
         self.max_pixels = max_pixels
         self.target_size = target_size
         self.min_decode_side = min_decode_side if min_decode_side is not None else (target_size or 0)
-        self.simplejpeg = None
+        self.simplejpeg: ModuleType | None = None
         if decoder == "simplejpeg":
             import simplejpeg
 
@@ -74,6 +75,7 @@ class DecodeImages:
     def _decode_turbo(self, data: bytes) -> Image.Image | None:
         """libjpeg-turbo decode with M/8 scaling; None hands the image to Pillow (CMYK, odd JPEGs)."""
         sj = self.simplejpeg
+        assert sj is not None  # decode_one calls this only with simplejpeg loaded
         try:
             h, w, colorspace, _ = sj.decode_jpeg_header(data)
         except ValueError:
@@ -102,7 +104,7 @@ class DecodeImages:
             # error (> 2x its limit) still fires on open and is counted as too_many_pixels.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             try:
-                img = Image.open(io.BytesIO(data))
+                img: Image.Image = Image.open(io.BytesIO(data))
             except Image.DecompressionBombError as e:
                 raise _TooLarge(str(e)) from None
             w, h = img.size
