@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import functools
 import html
+import importlib
 import json
 import re
 import unicodedata
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ftfy import TextFixerConfig
@@ -71,9 +72,11 @@ class _Ftfy:
     full: TextFixerConfig  # fix_text's default (explain=False, as fix_text sets it)
     full_no_html: TextFixerConfig  # the same after a segment containing "<" (fix_text turns unescape_html off)
     pass_fixers: tuple[Callable[[str], str], ...]  # ftfy.FIXERS of `_PASS_FIXERS`, in order
+    one_pass: dict[str, str]  # what a pass makes of each simple character (see `_one_pass`)
     max_segment: int
     not_inert: re.Pattern[str]  # characters that some pass fixer changes
     not_simple: re.Pattern[str]  # ... and that are not "simple" (see `_simple_characters`)
+    maybe_bad: re.Pattern[str]  # text without a match is not `is_bad` (see `required_characters`)
 
 
 def changed_code_points(fixers: list[Callable[[str], str]]) -> list[int]:
@@ -138,6 +141,77 @@ def _ranges(code_points: set[int]) -> list[list[int]]:
     return out
 
 
+def required_characters(pattern: re.Pattern[str]) -> set[int] | None:
+    """Non-ASCII code points, one of which is in every match of `pattern`, or None if the pattern's
+    structure does not show such a set.
+
+    Read off the parsed pattern: a match of a sequence holds a character of each of its mandatory
+    items (a literal, a `[...]` of literals and ranges, a group, a repeat of at least one), of an
+    alternation one of some branch. Of a sequence's items, the one whose characters are least
+    likely in clean text is kept (fewest letters, spaces and quotation marks), so that ordinary
+    non-Latin text rarely holds one.
+
+    Used on ftfy's `BADNESS_RE` (`is_bad` is its search), it turns most of `is_bad`'s cost, a ~40-way
+    alternation tried at every position, into one character-class scan (25 times cheaper).
+    """
+    try:
+        # The parser behind re.compile (CPython 3.11+); private, so its absence disables the filter.
+        sre = importlib.import_module("re._constants")
+        tree = importlib.import_module("re._parser").parse(pattern.pattern, pattern.flags)
+    except (ImportError, AttributeError, re.error):  # another Python's parser
+        return None
+    if pattern.flags & re.IGNORECASE:  # literals would also match their other cases
+        return None
+
+    # The parse tree is untyped: (opcode, argument) pairs whose argument depends on the opcode.
+    def item(op: object, av: Any) -> set[int] | None:
+        if op is sre.LITERAL:
+            return {av}
+        if op is sre.IN:
+            chars: set[int] = set()
+            for inner, arg in av:
+                if inner is sre.LITERAL:
+                    chars.add(arg)
+                elif inner is sre.RANGE:
+                    chars.update(range(arg[0], arg[1] + 1))
+                else:  # a category (\s, \w), a negation: no small set
+                    return None
+            return chars
+        return None
+
+    def commonness(chars: set[int]) -> tuple[int, int]:
+        common = sum(unicodedata.category(chr(cp))[0] in "LZ" or unicodedata.category(chr(cp)) in _QUOTE_CATEGORIES
+                     for cp in chars)
+        return common, len(chars)
+
+    def requirement(sequence: Any) -> set[int] | None:
+        best: set[int] | None = None
+        for op, av in sequence:
+            found: set[int] | None
+            if op is sre.BRANCH:
+                branches = [requirement(b) for b in av[1]]
+                found = set()
+                for branch in branches:
+                    if branch is None:
+                        found = None
+                        break
+                    found |= branch
+            elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
+                found = requirement(av[2]) if av[0] >= 1 else None
+            elif op is sre.SUBPATTERN:  # (group, added flags, removed flags, pattern)
+                found = None if av[1] & re.IGNORECASE else requirement(av[-1])
+            else:
+                found = item(op, av)
+            if found and all(cp >= 0x80 for cp in found) and (best is None or commonness(found) < commonness(best)):
+                best = found
+        return best
+
+    return requirement(tree)
+
+
+_QUOTE_CATEGORIES = ("Pi", "Pf", "Ps", "Pe")  # quotation marks and brackets, frequent in clean text
+
+
 def _pass_fixers() -> list[Callable[[str], str]]:
     import ftfy
 
@@ -183,7 +257,7 @@ def _load_tables(fixers: list[Callable[[str], str]], ftfy_version: str) -> tuple
 @functools.cache
 def ftfy_tables() -> _Ftfy:
     import ftfy
-    from ftfy.badness import is_bad
+    from ftfy.badness import BADNESS_RE, is_bad
     from ftfy.fixes import unescape_html
 
     full = ftfy.TextFixerConfig(explain=False)
@@ -191,6 +265,8 @@ def ftfy_tables() -> _Ftfy:
                  and all(name in ftfy.FIXERS for name in _PASS_FIXERS))
     fixers = _pass_fixers() if shortcuts else []
     changed, simple = _load_tables(fixers, ftfy.__version__) if shortcuts else (set(), set())
+    # is_bad is BADNESS_RE's search in the proven release; elsewhere every text is "maybe bad".
+    required = required_characters(BADNESS_RE) if shortcuts else None
     return _Ftfy(
         shortcuts=shortcuts,
         fix_text=ftfy.fix_text,
@@ -200,9 +276,11 @@ def ftfy_tables() -> _Ftfy:
         full=full,
         full_no_html=full._replace(unescape_html=False),
         pass_fixers=tuple(fixers),
+        one_pass=_one_pass_table(simple, fixers),
         max_segment=full.max_decode_length,
         not_inert=_char_class(changed),
         not_simple=_char_class(changed - simple),
+        maybe_bad=_char_class(required) if required is not None else re.compile("(?s:.)|^"),
     )
 
 
@@ -210,7 +288,7 @@ def _encoding_quiet(ft: _Ftfy, text: str) -> bool:
     """`ftfy.fix_encoding` returns `text` unchanged: `_fix_encoding_one_step_and_explain` returns
     ASCII text (`possible_encoding(text, "ascii")`) and text that `is_bad` does not flag as they
     are, and `fix_encoding_and_explain` stops as soon as a step changes nothing."""
-    return text.isascii() or not ft.is_bad(text)
+    return text.isascii() or ft.maybe_bad.search(text) is None or not ft.is_bad(text)
 
 
 def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
@@ -247,11 +325,46 @@ def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
     return ft.fix_text_segment(seg, config)
 
 
+def _one_pass_table(simple: set[int], fixers: list[Callable[[str], str]]) -> dict[str, str]:
+    """For each simple character, the output of the first pass fixer that changes it.
+
+    In a pass over text whose changed characters are all simple, that first fixer is the one that
+    acts on the character (the fixers before it leave it alone, and act per character), and its
+    output is inert, so the fixers after it leave that alone too: the text is fixed character by
+    character, in one scan instead of eight. Two fixers also act on sequences:
+    - `remove_terminal_escapes` on ESC [ ... letter: text with ESC takes the fixers (ESC is not in
+      the table).
+    - `fix_line_breaks` on "\r\n": `_one_pass` first joins each "\r\n" into "\n". That is exact
+      when the first fixer to change "\r" is one that turns "\r\n" into "\n", and the fixers
+      before it neither delete a character nor produce "\n", so that the pairs it sees are the
+      text's own. Where that does not hold, "\r" is left out of the table as well.
+    """
+    def first_change(ch: str) -> tuple[int, str]:
+        return next((i, out) for i, fixer in enumerate(fixers) if (out := fixer(ch)) != ch)
+
+    table = {ch: first_change(ch) for ch in map(chr, simple) if ch != "\x1b"}
+    if "\r" in table:
+        at, _ = table["\r"]
+        earlier = [out for i, out in table.values() if i < at]
+        if fixers[at]("\r\n") != "\n" or any(out == "" or "\n" in out for out in earlier):
+            del table["\r"]
+    return {ch: out for ch, (_, out) in table.items()}
+
+
 def _one_pass(ft: _Ftfy, text: str) -> str:
-    """One iteration of `fix_and_explain`'s loop with `fix_encoding` and `unescape_html` off: each
-    pass fixer in its order (all of them on in fix_text's default configuration), then NFC."""
-    for fixer in ft.pass_fixers:
-        text = fixer(text)
+    """One iteration of `fix_and_explain`'s loop with `fix_encoding` and `unescape_html` off, on
+    text whose changed characters are all simple: each pass fixer in its order (all of them on in
+    fix_text's default configuration), then NFC. See `_one_pass_table`."""
+    if "\x1b" in text or ("\r" in text and "\r" not in ft.one_pass):
+        for fixer in ft.pass_fixers:
+            text = fixer(text)
+    else:
+        if "\r\n" in text:
+            text = text.replace("\r\n", "\n")
+        # A regex scan that replaces the few changed characters: a third of `str.translate`'s
+        # cost, which looks up every character of the text in the table.
+        fixed = ft.one_pass.__getitem__
+        text = ft.not_inert.sub(lambda m: fixed(m.group()), text)
     return unicodedata.normalize("NFC", text)
 
 
@@ -264,7 +377,7 @@ def _segments(text: str) -> Iterator[str]:
         pos = end
 
 
-def _fixed_segments(text: str) -> Iterator[str]:
+def _fixed_segments(text: str) -> Generator[str, None, None]:
     """`ftfy.fix_text(text)` piece by piece.
 
     ftfy.fix_text cuts the text after each "\\n" (and every `max_decode_length` characters) and

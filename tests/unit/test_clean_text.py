@@ -197,3 +197,82 @@ def test_other_ftfy_release_gets_plain_ftfy(monkeypatch):
         monkeypatch.undo()
         clean.ftfy_tables.cache_clear()
     assert clean.ftfy_tables().shortcuts
+
+
+def test_badness_prefilter_never_hides_a_bad_text():
+    """`maybe_bad` finds nothing only where ftfy's `is_bad` is False. Strings drawn from the
+    characters of ftfy's mojibake categories (and the ASCII and spaces its patterns use) hit most
+    of BADNESS_RE's branches; each is checked whole and from every start position."""
+    from ftfy.badness import MOJIBAKE_CATEGORIES, is_bad
+
+    ft = ftfy_tables()
+    assert ft.maybe_bad.pattern != "(?s:.)|^", "the prefilter fell back to 'always maybe'"
+    alphabet = "".join(MOJIBAKE_CATEGORIES.values()).replace("\\x80-\\x9f", "") + _C1
+    alphabet += "ÂÃÎÐØÙàâó√≈‚ÄВГРСвЂΒΓΞΟβ€ā×²³°µŒœ" + "azAZ .,?!" + "\u00a0\t"
+    rng = random.Random(7)
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 6))) for _ in range(60_000)]
+    texts += stress_strings(20_000, seed=8)
+    bad = 0
+    for text in texts:
+        if is_bad(text):
+            bad += 1
+            assert ft.maybe_bad.search(text) is not None, repr(text)
+    assert bad > 10_000  # the strings really exercise the bad branches
+
+
+def test_required_characters_reads_a_pattern_soundly():
+    import re
+
+    from clipray.text.clean import required_characters
+
+    def chars(pattern: str) -> set[str] | None:
+        found = required_characters(re.compile(pattern, re.VERBOSE))
+        return None if found is None else {chr(cp) for cp in found}
+
+    assert chars("a[éè] | x ü+") == {"é", "è", "ü"}
+    assert chars("[a-z] ‚ [âó]") == {"‚"}  # of two mandatory items, the one without letters
+    assert chars("€ | a") is None  # a branch of ASCII only: no non-ASCII character is required
+    assert chars("é? x") is None  # an optional item requires nothing
+    assert chars(r"\w é*") is None
+    assert chars("(?i:é)") is None  # a case-insensitive literal also matches É
+    assert required_characters(re.compile("é", re.IGNORECASE)) is None
+    assert chars("(?:é|ß)(?=x)") == {"é", "ß"}
+
+
+def test_one_pass_equals_the_fixer_chain():
+    """The table-driven pass equals ftfy's pass fixers run in order, then NFC, on text whose changed
+    characters are all simple, with line breaks and terminal escapes among them."""
+    from clipray.text.clean import _one_pass
+
+    ft = ftfy_tables()
+    rng = random.Random(9)
+    simple = sorted(ft.one_pass)
+    inert = ["a", "Z", " ", "\n", "é", "猫", "😀", "\u0301", "[", "m", "1"]
+    specials = ["\r", "\r\n", "\n\r", "\r\r\n", "\x1b[31m", "\x1b[", "\u2028", "\x85"]
+
+    def chain(text: str) -> str:
+        for fixer in ft.pass_fixers:
+            text = fixer(text)
+        return unicodedata.normalize("NFC", text)
+
+    checked = 0
+    for _ in range(30_000):
+        pool = rng.choice([simple, inert, specials])
+        text = "".join(rng.choice(rng.choice([simple, inert, specials, pool])) for _ in range(rng.randint(1, 10)))
+        if ft.not_simple.search(text) is None:
+            checked += 1
+            assert _one_pass(ft, text) == chain(text), repr(text)
+    assert checked > 20_000
+
+
+def test_one_pass_table_leaves_crlf_to_the_fixers_when_that_is_not_exact():
+    from ftfy.fixes import fix_line_breaks
+
+    from clipray.text.clean import _one_pass_table
+
+    def drop_nul(text: str) -> str:  # deletes a character before the line-break fixer runs
+        return text.replace("\x00", "")
+
+    assert _one_pass_table({0x0D, 0x00}, [drop_nul, fix_line_breaks]) == {"\x00": ""}
+    assert _one_pass_table({0x0D, 0x2028}, [fix_line_breaks]) == {"\r": "\n", "\u2028": "\n"}
+    assert "\x1b" not in _one_pass_table({0x1B}, [lambda t: t.replace("\x1b", "")])
