@@ -79,7 +79,7 @@ class AlbefObjective(Objective):
         self.config = config
         self.cfg = config.model.albef
         self.mean, self.std = config.image.mean, config.image.std
-        self.module = model.to(device)
+        self.module: ALBEF = model.to(device)
         self.step_module = AlbefStep(self.module)
         if config.train.parallel != "ddp" or config.train.micro_batches != 1:
             raise ValueError("ALBEF trains with train.parallel=ddp and train.micro_batches=1 (its momentum "

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -99,6 +99,16 @@ class ContrastiveObjective(Objective):
         self.micro_batches = tc.micro_batches
         self.text_pixels = config.text.kind == "pixels"  # CLIPPO: rendered alt-text in batch["text_image"]
 
+    # nn.Module types its attributes as Tensor | Module: these two are the model's Parameters.
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        return cast(torch.Tensor, self.module.logit_scale)
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """SigLIP's learnable bias; None for a model without one (train.loss=sigmoid needs it: __init__)."""
+        return cast("torch.Tensor | None", getattr(self.module, "logit_bias", None))
+
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_model_input(batch["image"].to(self.device, non_blocking=True), self.mean, self.std)
         if self.text_pixels:
@@ -109,7 +119,8 @@ class ContrastiveObjective(Objective):
 
     def loss(self, image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if self.loss_kind == "sigmoid":
-            bias = self.module.logit_bias
+            bias = self.logit_bias
+            assert bias is not None  # checked in __init__
             return sigmoid_contrastive_loss(image_emb, text_emb, scale, bias, rank=self.rank,
                                             world_size=self.world_size)
         return softmax_contrastive_loss(image_emb, text_emb, scale, rank=self.rank, world_size=self.world_size)
@@ -117,7 +128,9 @@ class ContrastiveObjective(Objective):
     def _report(self, scale: torch.Tensor) -> Report:
         out: Report = {"logit_scale": scale.detach()}
         if self.loss_kind == "sigmoid":
-            out["logit_bias"] = self.module.logit_bias.detach().clone()  # the optimizer updates it in place
+            bias = self.logit_bias
+            assert bias is not None  # checked in __init__
+            out["logit_bias"] = bias.detach().clone()  # the optimizer updates it in place
         return out
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Report]:
@@ -129,12 +142,12 @@ class ContrastiveObjective(Objective):
                          ) -> tuple[dict[str, torch.Tensor], Report]:
         if self.micro_batches == 1:
             return super().forward_backward(batch, autocast)
-        scale = self.module.logit_scale.exp()
-        bias = getattr(self.module, "logit_bias", None)
-        extra = [p for p in (self.module.logit_scale, bias) if p is not None]
+        scale = self.logit_scale.exp()
+        extra = [p for p in (self.logit_scale, self.logit_bias) if p is not None]
 
         def encode(micro: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
             image_emb, text_emb, _ = self.model(*self._inputs(micro))
+            # sum() is typed Tensor | int (0 for no terms); `extra` always holds logit_scale.
             return image_emb, text_emb, sum(p.sum() for p in extra)  # type: ignore[return-value]
 
         loss = cached_backward(encode, split_batch(batch, self.micro_batches),

@@ -11,13 +11,16 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from clipray.models.common.transformer import Transformer
+
+if TYPE_CHECKING:
+    from torch.distributed.tensor import DTensor
 
 
 def close_process_group() -> None:
@@ -159,9 +162,10 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float | None) -> to
     # all-reduce, where a global norm per parameter took one all-reduce each.
     sharded = [p for p in params if hasattr(p.grad, "full_tensor")]
     plain = [p for p in params if not hasattr(p.grad, "full_tensor")]
-    parts = [torch.nn.utils.get_total_norm([p.grad for p in plain])] if plain else []
+    parts = [torch.nn.utils.get_total_norm(_grads(plain))] if plain else []
     if sharded:
-        parts.append(torch.nn.utils.get_total_norm([p.grad for p in sharded]).full_tensor())
+        # The norm of DTensors is a DTensor (torch annotates it as a plain Tensor).
+        parts.append(cast("DTensor", torch.nn.utils.get_total_norm(_grads(sharded))).full_tensor())
     if len(parts) == 1:
         total = parts[0]
     else:
@@ -171,6 +175,10 @@ def clip_grad_norm(parameters: list[nn.Parameter], max_norm: float | None) -> to
             torch.nn.utils.clip_grads_with_norm_(plain, max_norm, total)
         if sharded:  # the foreach multiply does not take DTensors beside a plain scale
             coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-            for p in sharded:
-                p.grad.detach().mul_(coef.to(p.grad.device))
+            for g in _grads(sharded):
+                g.detach().mul_(coef.to(g.device))
     return total
+
+
+def _grads(params: list[nn.Parameter]) -> list[torch.Tensor]:
+    return [p.grad for p in params if p.grad is not None]

@@ -6,10 +6,12 @@ mean over real tokens) are choices so that text-tower variants can be compared o
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
-from clipray.models.common.transformer import LayerNorm, Transformer
+from clipray.models.common.transformer import LayerNorm, ResidualAttentionBlock, Transformer
 
 
 class TextTransformer(nn.Module):
@@ -36,11 +38,14 @@ class TextTransformer(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         proj_std = width**-0.5 * (2 * layers) ** -0.5
         attn_std, fc_std = width**-0.5, (2 * width) ** -0.5
-        for block in self.transformer.resblocks:
+        for module in self.transformer.resblocks:
+            # ModuleList and Sequential items are typed as plain Modules.
+            block = cast(ResidualAttentionBlock, module)
+            fc, proj = cast(nn.Linear, block.mlp.c_fc), cast(nn.Linear, block.mlp.c_proj)
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
-            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
-            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+            nn.init.normal_(fc.weight, std=fc_std)
+            nn.init.normal_(proj.weight, std=proj_std)
         nn.init.normal_(self.text_projection, std=width**-0.5)
 
     def forward(self, ids_BL: torch.Tensor) -> torch.Tensor:
