@@ -69,7 +69,8 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 
 class Tracker(Protocol):
-    run_id: str | None
+    @property
+    def run_id(self) -> str | None: ...  # read-only, so MlflowTracker's `str` fits
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 

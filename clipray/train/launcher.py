@@ -142,20 +142,25 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
         tracker.log_metrics({"train/restarts": 0.0}, step=0)
         lo, hi = tc.worker_range
         elastic = {"elastic_resize_monitor_interval_s": tc.elastic_resize_interval_s} if lo != hi else {}
+        # The ignores: mypy types ray.train.ScalingConfig and RunConfig as Train V1's, because
+        # ray.train binds the V2 classes under `if is_v2_enabled()`. Train V2 (Ray's default, and
+        # the API of RestartTracker) takes a (min, max) worker range, the elastic interval and
+        # UserCallbacks.
         trainer = TorchTrainer(
             _worker_entry,
             train_loop_config={"config": _worker_config(config), "tracking_uri": tracking_uri,
                                "run_id": tracker.run_id, "init_model": init_model,
                                "files": files, "checkpoint_root": checkpoint_root, "stats": stats},
             scaling_config=ray.train.ScalingConfig(
-                num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,
-                resources_per_worker={"CPU": tc.cpus_per_worker, **tc.resources_per_worker}, **elastic,
+                num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,  # type: ignore[arg-type]
+                resources_per_worker={"CPU": tc.cpus_per_worker, **tc.resources_per_worker},
+                **elastic,  # type: ignore[arg-type]
             ),
             run_config=ray.train.RunConfig(
                 name=name,
                 storage_path=storage_path(config),
                 failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-                callbacks=[RestartTracker(tracking_uri, tracker.run_id)],
+                callbacks=[RestartTracker(tracking_uri, tracker.run_id)],  # type: ignore[list-item]
             ),
         )
         started = time.monotonic()
