@@ -194,7 +194,8 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
         ctx.enable_operator_progress_bars = False
     d = config.data
     src = resolved if resolved is not None and files is None else resolve_source(config, source=source, files=files)
-    shuffle_seed = seed if seed is not None else (d.shuffle_seed if d.shuffle_seed is not None else config.train.seed)
+    shuffle_seed: int | None = seed if seed is not None else (
+        d.shuffle_seed if d.shuffle_seed is not None else config.train.seed)
     if files is not None:
         shuffle_seed = None  # an explicit list is read in its own order
     names = tuple(config.data.ops)

@@ -248,9 +248,9 @@ def _env_default(name: str, value: str) -> Iterator[None]:
 def _read(src: Source, columns: list[str] | None, shuffle: Any, num_cpus: float,
           include_paths: bool) -> ray.data.Dataset:
     import ray.data
-    from ray.data.datasource import Partitioning
+    from ray.data.datasource import Partitioning, PartitionStyle
 
     return ray.data.read_parquet(
         src.files, filesystem=src.filesystem, columns=columns, shuffle=shuffle, num_cpus=num_cpus,
-        partitioning=Partitioning("hive", base_dir=src.root), include_paths=include_paths,
+        partitioning=Partitioning(PartitionStyle.HIVE, base_dir=src.root), include_paths=include_paths,
     )

@@ -105,7 +105,8 @@ def shared_dedup(state: Any = None, claims: Claims | None = None) -> SharedDedup
     `claims` seed it (a resumed chunk's, see `DedupIndex.claims_of`)."""
     import ray
 
-    actor = state if state is not None else ray.remote(num_cpus=0)(PipelineState).remote()
+    # An actor handle, as `state` is: Ray types calls of its methods only for @ray.method ones.
+    actor: Any = state if state is not None else ray.remote(num_cpus=0)(PipelineState).remote()
     return SharedDedup(actor, ray.get(actor.open_dedup.remote(claims)))
 
 
@@ -120,5 +121,6 @@ def stats_actor(name: str | None = None) -> Any:
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    cls = ray.remote(num_cpus=0, scheduling_strategy=here)(PipelineState)
+    # Ray's overload of remote() omits NodeAffinitySchedulingStrategy, which its SchedulingStrategyT allows.
+    cls = ray.remote(num_cpus=0, scheduling_strategy=here)(PipelineState)  # type: ignore[call-overload]
     return cls.options(name=name).remote() if name else cls.remote()
