@@ -179,6 +179,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from clipray.tracking.runs import format_runs, recent_runs
 
     print(format_runs(recent_runs(resolve_tracking_uri(args.tracking_uri), args.experiment, args.limit)))
+    return 0
+
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,

@@ -7,7 +7,7 @@ argmax_c <normalize(f(x)), w_c>.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ def zero_shot_eval(model: Any, config: PipelineConfig, task: ZeroShotTask,
     return zero_shot_metrics(feats, task.labels, weights)
 
 
-def zero_shot_metrics(image_emb: torch.Tensor, labels: np.ndarray | list[int],
+def zero_shot_metrics(image_emb: torch.Tensor, labels: np.ndarray | Sequence[int],
                       weights: torch.Tensor) -> dict[str, float]:
     """Top-1/top-5 of argmax_c <normalize(f(x)), w_c> against the integer labels."""
     feats = F.normalize(image_emb.float(), dim=-1)

@@ -40,7 +40,7 @@ def _enable_token_mode_if_token() -> None:
     """Token mode when a token exists and the user did not choose a mode (as `ray job submit`)."""
     if os.environ.get("RAY_AUTH_MODE") is None and token_source() is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
-        from ray._raylet import Config
+        from ray._raylet import Config  # type: ignore[attr-defined]  # _raylet.pyi declares only the ID types
 
         Config.initialize("")  # Ray caches its config: re-read it so the new mode applies
 

@@ -45,17 +45,17 @@ class Scheduler:
                 self.log(f"[scheduler] {s.name}: window {window} due")
         schedules = {s.name: s for s in self.store.schedules()}
         for sub in self.store.submissions(statuses=OPEN):
-            s = schedules.get(sub.schedule)
-            if s is None:  # schedule removed: stop tracking its runs
+            owner = schedules.get(sub.schedule)
+            if owner is None:  # schedule removed: stop tracking its runs
                 self.store.set_status(sub.submission_id, "orphaned")
                 continue
             try:
                 if sub.status == "pending":
-                    self._send(s, sub)
+                    self._send(owner, sub)
                 else:
-                    self._poll(s, sub)
+                    self._poll(owner, sub)
             except Exception as e:  # one unreachable cluster must not hold up the other schedules
-                self.log(f"[scheduler] {s.name}: {sub.submission_id}: {type(e).__name__}: {e}")
+                self.log(f"[scheduler] {owner.name}: {sub.submission_id}: {type(e).__name__}: {e}")
 
     def _send(self, s: Schedule, sub: Submission) -> None:
         from clipray.jobs import JobsError

@@ -69,9 +69,10 @@ class ClipPyfunc:
 
     @staticmethod
     def cls() -> type:
-        import mlflow.pyfunc
+        # By name: mypy does not resolve a base class reached through a function-local `import mlflow.pyfunc`.
+        from mlflow.pyfunc import PythonModel
 
-        class _ClipPyfunc(mlflow.pyfunc.PythonModel):
+        class _ClipPyfunc(PythonModel):
             def load_context(self, context: Any) -> None:
                 import torch
 
@@ -90,8 +91,9 @@ def predict_frame(model: Any, config: PipelineConfig, frame: Any) -> np.ndarray:
     """Embeddings for the rows of `frame` (columns `image` and/or `text`, one per row)."""
     n = len(frame)
     out: np.ndarray | None = None
-    images = frame["image"] if "image" in frame else [None] * n
-    texts = frame["text"] if "text" in frame else [None] * n
+    # Column values: bytes / str, and None or NaN in the rows that hold the other kind.
+    images: Sequence[Any] = frame["image"] if "image" in frame else [None] * n
+    texts: Sequence[Any] = frame["text"] if "text" in frame else [None] * n
     img_rows = [i for i, v in enumerate(images) if v is not None and not _isnan(v)]
     txt_rows = [i for i, v in enumerate(texts) if v is not None and not _isnan(v) and i not in set(img_rows)]
     missing = set(range(n)) - set(img_rows) - set(txt_rows)
