@@ -21,11 +21,14 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
 from clipray.bench import Benchmark, bench_registry
+
+if TYPE_CHECKING:
+    from torch.utils.data import Dataset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -342,7 +345,8 @@ def _plain_image(img: Any, size: int, image_cfg: Any, rng: np.random.Generator) 
 
     from clipray.data.ops.transforms import random_crop_box
 
-    box = random_crop_box(*img.size, image_cfg.train_crop_scale, rng)
+    w, h = img.size
+    box = random_crop_box(w, h, image_cfg.train_crop_scale, rng)
     img = (img.crop(box) if box else img).resize((size, size), Image.Resampling.BICUBIC)
     x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div_(255)  # ToTensor copies too
     mean, std = torch.tensor(image_cfg.mean)[:, None, None], torch.tensor(image_cfg.std)[:, None, None]
@@ -360,8 +364,9 @@ def dataloader(cfg: Any, files: list[str], workers: int, recipe: str = "plain") 
                 else torch.from_numpy(np.stack([it[k] for it in items])) for k in items[0]}
 
     def batches() -> Any:
-        ds = _ParquetRows(files, cfg, recipe)
-        loader = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=workers, shuffle=True,
+        # A map-style dataset by its __len__/__getitem__ (no Dataset subclass: torch loads lazily).
+        ds = cast("Dataset[dict[str, Any]]", _ParquetRows(files, cfg, recipe))
+        loader: DataLoader[dict[str, Any]] = DataLoader(ds, batch_size=cfg.data.batch_size, num_workers=workers, shuffle=True,
                             collate_fn=collate, persistent_workers=False, prefetch_factor=4 if workers else None,
                             # Linux's default, which a process started by spawn does not inherit.
                             multiprocessing_context="fork" if workers else None)
@@ -411,6 +416,7 @@ def run(args: argparse.Namespace) -> int:
             "ray_local": (lambda fs: ray_pipeline(local_cfg, files=fs), files, part),
         }
         if s3_cfg is not None:
+            assert weed is not None  # started with s3_cfg
             s3_files = list_source_files(s3_cfg)
             # The S3 server is storage, on other machines in a deployment: its CPU is not the
             # pipeline's (the S3 run's CPU breakdown shows it as `weed`).
@@ -473,7 +479,8 @@ def _interleaved(results: dict[str, Any], methods: dict[str, tuple[Any, list[str
             runs[name]["big"].append(fn(files))
         print(f"repetition {rep + 1} of {repeats} done", flush=True)
     for name in names:
-        big, small = _median_run(runs[name]["big"]), _median_run(runs[name]["small"])
+        big: dict[str, Any] = _median_run(runs[name]["big"])  # the figures, then the record around them
+        small = _median_run(runs[name]["small"])
         big["marginal"] = marginal(big, small)
         big["small_run"] = small
         big["repeats"] = repeats
@@ -485,7 +492,7 @@ def _interleaved(results: dict[str, Any], methods: dict[str, tuple[Any, list[str
 
 
 def _median_run(runs: list[dict[str, float]]) -> dict[str, float]:
-    rows = runs[0]["rows"]
+    rows = int(runs[0]["rows"])
     if any(r["rows"] != rows for r in runs):
         raise RuntimeError(f"runs over the same files delivered different row counts: {[r['rows'] for r in runs]}")
     return _figures(rows, float(np.median([r["wall_s"] for r in runs])), float(np.median([r["cpu_s"] for r in runs])))
