@@ -42,11 +42,12 @@ def _rate(fn: Callable[[Sequence[str]], Any], texts: Sequence[str], batch: int, 
     return best
 
 
-def _full_ftfy_seconds(tokenizer: Callable[[Sequence[str]], Any], texts: Sequence[str],
+def _repair_seconds(tokenizer: Callable[[Sequence[str]], Any], texts: Sequence[str],
                        batch: int, repeats: int) -> tuple[float, int]:
-    """CPU-s of a pass of `tokenizer` spent inside ftfy's full fix (the least of `repeats` passes,
-    as the rates are their best), and the number of such calls in a pass: the lines that
-    `clipray.text.clean` cannot prove its shortcuts for (mojibake, mostly)."""
+    """CPU-s of a pass of `tokenizer` spent inside ftfy's mojibake repair (`fix_encoding`, and
+    `fix_text` for texts too long for clipray's shortcuts), the least of `repeats` passes as the
+    rates are their best, and the number of such calls in a pass: the lines where
+    `clipray.text.clean` cannot show that the repair leaves them alone."""
     import dataclasses
 
     from clipray.text import clean
@@ -66,8 +67,7 @@ def _full_ftfy_seconds(tokenizer: Callable[[Sequence[str]], Any], texts: Sequenc
                 calls += 1
         return call
 
-    metered = dataclasses.replace(tables, fix_text=timed(tables.fix_text),
-                                  fix_text_segment=timed(tables.fix_text_segment))
+    metered = dataclasses.replace(tables, fix_text=timed(tables.fix_text), fix_encoding=timed(tables.fix_encoding))
     # clean.py looks `ftfy_tables` up at each call: swapping the module attribute meters these passes only.
     clean.ftfy_tables = lambda: metered  # type: ignore[assignment]
     least = float("inf")
@@ -143,12 +143,12 @@ def run(args: argparse.Namespace) -> int:
         cold = _rate(reference, texts, args.batch, 1)
         warm = _rate(reference, texts, args.batch, args.repeats)
         fast = _rate(ours, texts, args.batch, args.repeats)
-        in_ftfy, lines = _full_ftfy_seconds(ours, texts, args.batch, args.repeats)
+        in_ftfy, calls = _repair_seconds(ours, texts, args.batch, args.repeats)
         bound = f"{len(texts) / warm / in_ftfy:10.1f}x" if in_ftfy > 0 else f"{'none':>11s}"
         print(f"{name:38s} {cold:17,.0f} /s {warm:17,.0f} /s {fast:11,.0f} /s {fast / warm:15.1f}x {bound}"
-              f"  ({lines:,} lines through ftfy's full fix, {in_ftfy:.3f} CPU-s)")
-    print("ftfy-bound: the speed-up clipray would reach if everything but its calls of ftfy's full fix (the "
-          "lines whose mojibake repair the ids depend on) were free")
+              f"  ({calls:,} calls of ftfy's mojibake repair, {in_ftfy:.3f} CPU-s)")
+    print("ftfy-bound: the speed-up clipray would reach if everything but ftfy's mojibake repair (fix_encoding, "
+          "on the lines where the ids depend on it) were free")
 
     if args.render_size:
         from clipray.text.render import UnifontRenderer

@@ -1,22 +1,23 @@
 """CLIP's caption cleaning (`clean_text`) with the exact output of open_clip's `SimpleTokenizer`,
 which runs `ftfy.fix_text`, `html.unescape` twice, a whitespace collapse and lower-casing.
 
-`ftfy.fix_text` costs several times the BPE itself, and much of it goes to lines that it leaves
-alone or only touches with cheap character fixes. So each ftfy segment (a line, cut as ftfy cuts
-the text) goes one of three ways, each equal to ftfy's result by ftfy's own code (6.3.1, cited):
+`ftfy.fix_text` costs several times the BPE itself, though most lines need none of its mojibake
+repair, its one expensive step, and many need nothing at all. `fix_text` cuts a text into lines
+and runs `ftfy.fix_and_explain` on each: a loop, until the line stops changing, over
+`unescape_html`, `fix_encoding` (the repair), a pass of character fixers (`_PASS_FIXERS`: curly
+quotes, fullwidth forms, ligatures, line breaks, control characters...) and NFC. clipray runs the
+same loop over the same steps (`_fix_segment`), each done by ftfy's own function or skipped where
+ftfy's code (6.3, cited) shows it returns its input:
 
-1. ftfy provably leaves it unchanged, or only unescapes HTML entities in it: done without ftfy.
-2. Only ftfy's character fixes act (curly quotes, fullwidth forms, ligatures, line separators,
-   control characters, NFC) and its mojibake repair provably does not: ftfy's own fixer functions,
-   called in the order of one pass of its loop, then NFC (a fifth of the full call's cost).
-3. Anything else (mojibake, C1 controls, surrogates, ...): the full `ftfy.fix_text_segment`.
+- `fix_encoding` returns ASCII text and text that `ftfy.badness.is_bad` does not flag as it is;
+  `is_bad` is one search of ftfy's pattern, and text without any of the characters that every
+  match of that pattern holds (read off the pattern itself) needs no search.
+- The pass fixers act character by character (two sequences aside), so a pass is computed from
+  tables of what each fixer does to each character, made by calling the fixers.
 
-The proof for 1 and 2 follows `ftfy.fix_and_explain` on one segment: it loops, until the text
-stops changing, over `unescape_html`, `fix_encoding`, a pass of character fixers (`_PASS_FIXERS`)
-and NFC; `fix_encoding` returns ASCII text and text that `ftfy.badness.is_bad` does not flag as it
-is. Nothing here copies ftfy's logic: the tables of characters its fixers change are computed by
-calling those fixers, and badness, HTML unescaping and the fixes are ftfy's own functions. The
-segments that need ftfy's mojibake repair (case 3) bound the speed-up on mojibake-heavy text.
+Nothing here copies ftfy's logic: the tables come from calling ftfy's functions, and badness, HTML
+unescaping, the repair and the fixes are ftfy's own. The lines that need the repair bound the
+speed-up on mojibake-heavy text: the reference pays the same repair for them.
 """
 
 from __future__ import annotations
@@ -66,13 +67,12 @@ class _Ftfy:
 
     shortcuts: bool  # False: an ftfy release the shortcuts were not proven for
     fix_text: Callable[..., str]
-    fix_text_segment: Callable[..., str]
+    fix_encoding: Callable[[str], str]  # the mojibake repair, the one expensive step
     is_bad: Callable[[str], bool]
     unescape_html: Callable[[str], str]
     full: TextFixerConfig  # fix_text's default (explain=False, as fix_text sets it)
-    full_no_html: TextFixerConfig  # the same after a segment containing "<" (fix_text turns unescape_html off)
     pass_fixers: tuple[Callable[[str], str], ...]  # ftfy.FIXERS of `_PASS_FIXERS`, in order
-    one_pass: dict[str, str]  # what a pass makes of each simple character (see `_one_pass`)
+    one_pass: dict[str, str]  # what a pass makes of each simple character (see `_one_pass_table`)
     max_segment: int
     not_inert: re.Pattern[str]  # characters that some pass fixer changes
     not_simple: re.Pattern[str]  # ... and that are not "simple" (see `_simple_characters`)
@@ -270,11 +270,10 @@ def ftfy_tables() -> _Ftfy:
     return _Ftfy(
         shortcuts=shortcuts,
         fix_text=ftfy.fix_text,
-        fix_text_segment=ftfy.fix_text_segment,
+        fix_encoding=ftfy.fix_encoding,
         is_bad=is_bad,
         unescape_html=unescape_html,
         full=full,
-        full_no_html=full._replace(unescape_html=False),
         pass_fixers=tuple(fixers),
         one_pass=_one_pass_table(simple, fixers),
         max_segment=full.max_decode_length,
@@ -297,32 +296,47 @@ def _fix_segment(ft: _Ftfy, seg: str, html_on: bool) -> str:
     `html_on`: no earlier segment of the text contained "<" (`fix_text` turns `unescape_html` off
     from the first segment with "<" on, and `fix_and_explain` when its own text has one).
 
-    `fix_and_explain` loops until its text stops changing: unescape_html, fix_encoding, the pass of
-    `_PASS_FIXERS`, NFC. Its first iteration is followed here step by step while ftfy provably
-    skips the expensive one (fix_encoding), and the second is shown to change nothing; any segment
-    where that cannot be shown goes to ftfy as a whole.
+    `fix_and_explain` (what `fix_text` calls per segment) loops until its text stops changing over
+    four steps, each done here by ftfy's own function or skipped where it provably returns its
+    input:
+    1. `unescape_html`, which only rewrites `&...;`: skipped without "&".
+    2. `fix_encoding` (the mojibake repair; `fix_and_explain` calls it with its defaults): skipped
+       where `_encoding_quiet` shows it returns the text as it is.
+    3. The pass of `_PASS_FIXERS`: see `_pass`.
+    4. NFC.
     """
-    config = ft.full if html_on else ft.full_no_html
     html_on = html_on and "<" not in seg
-    # unescape_html only rewrites `&...;` matches: without "&" it returns seg as it is.
-    text = ft.unescape_html(seg) if html_on and "&" in seg else seg
-    if _encoding_quiet(ft, text):
-        if ft.not_inert.search(text) is None and unicodedata.is_normalized("NFC", text):
-            fixed = text  # no pass fixer changes any of its characters, and it is NFC
-        elif ft.not_simple.search(text) is None:
-            # One pass then NFC: what `fix_and_explain` does to it (see `_simple_characters`),
-            # without its per-step bookkeeping, which costs 3-4 times the fixes on a caption.
-            fixed = _one_pass(ft, text)
-        else:
-            return ft.fix_text_segment(seg, config)
-        if fixed == seg:
-            return seg  # the first iteration changed nothing: fix_and_explain returns
-        # Second iteration: `fixed` is made of inert characters and is NFC (the pass and NFC leave
-        # it alone), so it ends the loop if unescape_html and fix_encoding leave it alone too.
-        html_quiet = not html_on or "&" not in fixed or ft.unescape_html(fixed) == fixed
-        if html_quiet and (fixed is text or _encoding_quiet(ft, fixed)):
-            return fixed
-    return ft.fix_text_segment(seg, config)
+    text = seg
+    while True:
+        before = text
+        if html_on and "&" in text:
+            text = ft.unescape_html(text)
+        if not _encoding_quiet(ft, text):
+            text = ft.fix_encoding(text)
+        text = _pass(ft, text)
+        if not unicodedata.is_normalized("NFC", text):
+            text = unicodedata.normalize("NFC", text)
+        if text == before:
+            return text
+
+
+def _pass(ft: _Ftfy, text: str) -> str:
+    """The pass fixers of one iteration of `fix_and_explain`, in its order (all of them are on in
+    fix_text's default configuration): nothing to do for text without a character that one of
+    them changes, one scan for text whose changed characters are all simple (`_one_pass_table`),
+    else the fixers themselves."""
+    if ft.not_inert.search(text) is None:
+        return text
+    if ft.not_simple.search(text) is None and "\x1b" not in text and ("\r" not in text or "\r" in ft.one_pass):
+        if "\r\n" in text:
+            text = text.replace("\r\n", "\n")
+        # A regex scan that replaces the few changed characters: a third of `str.translate`'s
+        # cost, which looks up every character of the text in the table.
+        fixed = ft.one_pass.__getitem__
+        return ft.not_inert.sub(lambda m: fixed(m.group()), text)
+    for fixer in ft.pass_fixers:
+        text = fixer(text)
+    return text
 
 
 def _one_pass_table(simple: set[int], fixers: list[Callable[[str], str]]) -> dict[str, str]:
@@ -334,7 +348,7 @@ def _one_pass_table(simple: set[int], fixers: list[Callable[[str], str]]) -> dic
     character, in one scan instead of eight. Two fixers also act on sequences:
     - `remove_terminal_escapes` on ESC [ ... letter: text with ESC takes the fixers (ESC is not in
       the table).
-    - `fix_line_breaks` on "\r\n": `_one_pass` first joins each "\r\n" into "\n". That is exact
+    - `fix_line_breaks` on "\r\n": `_pass` first joins each "\r\n" into "\n". That is exact
       when the first fixer to change "\r" is one that turns "\r\n" into "\n", and the fixers
       before it neither delete a character nor produce "\n", so that the pairs it sees are the
       text's own. Where that does not hold, "\r" is left out of the table as well.
@@ -351,23 +365,6 @@ def _one_pass_table(simple: set[int], fixers: list[Callable[[str], str]]) -> dic
     return {ch: out for ch, (_, out) in table.items()}
 
 
-def _one_pass(ft: _Ftfy, text: str) -> str:
-    """One iteration of `fix_and_explain`'s loop with `fix_encoding` and `unescape_html` off, on
-    text whose changed characters are all simple: each pass fixer in its order (all of them on in
-    fix_text's default configuration), then NFC. See `_one_pass_table`."""
-    if "\x1b" in text or ("\r" in text and "\r" not in ft.one_pass):
-        for fixer in ft.pass_fixers:
-            text = fixer(text)
-    else:
-        if "\r\n" in text:
-            text = text.replace("\r\n", "\n")
-        # A regex scan that replaces the few changed characters: a third of `str.translate`'s
-        # cost, which looks up every character of the text in the table.
-        fixed = ft.one_pass.__getitem__
-        text = ft.not_inert.sub(lambda m: fixed(m.group()), text)
-    return unicodedata.normalize("NFC", text)
-
-
 def _segments(text: str) -> Iterator[str]:
     """The pieces `ftfy.fix_text` cuts `text` into (up to `max_decode_length` characters)."""
     pos = 0
@@ -382,7 +379,7 @@ def _fixed_segments(text: str) -> Generator[str, None, None]:
 
     ftfy.fix_text cuts the text after each "\\n" (and every `max_decode_length` characters) and
     calls `fix_and_explain` on each piece; "<" in a piece turns `unescape_html` off from there on.
-    Calling `ftfy.fix_text_segment` on each piece with that configuration is the same call.
+    `_fix_segment` on each piece, told whether `unescape_html` is still on, is the same call.
     """
     ft = ftfy_tables()
     if len(text) > ft.max_segment or not ft.shortcuts:  # ftfy would also cut inside lines
