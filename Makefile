@@ -34,6 +34,7 @@ demo: install
 
 test: install
 	$(VENV)/bin/ruff check clipray tests
+	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra
 
 lint: install

@@ -118,7 +118,8 @@ def glyph_tables(font: str | os.PathLike[str], **options: int) -> dict[str, np.n
         return {name: np.load(entry / f"{name}.npy", mmap_mode="r") for name in ("covered", "widths", "strip")}
     except (OSError, ValueError):
         pass  # not built yet (or a partial entry): build it
-    tables = build_glyph_tables(*read_hex_font(path), **options)
+    bitmaps, covered = read_hex_font(path)
+    tables = build_glyph_tables(bitmaps, covered, **options)
     try:
         entry.mkdir(parents=True, exist_ok=True)
         for name, array in tables.items():
