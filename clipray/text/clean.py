@@ -107,10 +107,9 @@ def _simple_characters(changed: set[int], fixers: list[Callable[[str], str]]) ->
     """Changed characters whose every fixer output is made only of unchanged (inert) characters.
 
     Whatever fixer of a pass acts first on such a character, its output is inert, so the later
-    fixers of that pass and every later pass leave it alone: one pass fixes a segment whose changed
-    characters are all simple, and `fix_and_explain` with `fix_encoding` and `unescape_html` off
-    returns exactly that first pass (followed by NFC, which cannot produce changed characters:
-    tests/unit/test_clean_text.py).
+    fixers of that pass leave it alone: a pass over text whose changed characters are all simple
+    is a map of characters (`_one_pass_table`), and its output holds no changed character (nor does
+    NFC of it: tests/unit/test_clean_text.py), so the next iteration's pass has nothing to do.
     Surrogates are left out: `fix_surrogates` joins pairs into other characters.
     """
     simple = set()
@@ -286,7 +285,8 @@ def ftfy_tables() -> _Ftfy:
 def _encoding_quiet(ft: _Ftfy, text: str) -> bool:
     """`ftfy.fix_encoding` returns `text` unchanged: `_fix_encoding_one_step_and_explain` returns
     ASCII text (`possible_encoding(text, "ascii")`) and text that `is_bad` does not flag as they
-    are, and `fix_encoding_and_explain` stops as soon as a step changes nothing."""
+    are, and `fix_encoding_and_explain` stops as soon as a step changes nothing. `is_bad` is a
+    search of `BADNESS_RE`, which cannot match text without a character of `maybe_bad`."""
     return text.isascii() or ft.maybe_bad.search(text) is None or not ft.is_bad(text)
 
 
