@@ -3,13 +3,14 @@
 A training run is tagged `clipray.checkpoint` with its final checkpoint's location (set by the
 launcher) and carries the resolved `config.yaml` artifact, which gives the architecture. A
 checkpoint directory holds `state.pt`, whose `config` entry gives it. Checkpoints on a remote
-Ray Train storage path (s3://...) are fetched through `ray.train.Checkpoint`.
+storage path (s3://... with the endpoint of $AWS_ENDPOINT_URL, as training wrote them, or another
+pyarrow filesystem URI) are read in place; the state is read once and kept on the `ModelSource`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ class ModelSource:
     checkpoint: str  # local directory or URI holding state.pt
     run_id: str | None = None  # the training run, when the model came from one
     step: int = 0
+    state: dict[str, Any] | None = field(default=None, repr=False)  # the checkpoint's state, once read
 
 
 def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
@@ -36,7 +38,7 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
         if not (path / STATE_FILE).exists():
             raise FileNotFoundError(f"--model {ref}: directory has no {STATE_FILE} (not a clipray checkpoint)")
         state = load_state(path)
-        return ModelSource(_config_from_state(state, ref), str(path.resolve()), None, int(state.get("step", 0)))
+        return ModelSource(_config_from_state(state, ref), str(path.resolve()), None, int(state.get("step", 0)), state)
     if ref.startswith("models:/"):
         raise ValueError(f"--model {ref}: registered-model URIs are not supported here; pass the run id or a "
                          f"checkpoint directory")
@@ -66,11 +68,33 @@ def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
         except MlflowException as e:
             raise FileNotFoundError(f"run {run_id}: no config.yaml artifact ({e})") from e
         config = load_config(data=yaml.safe_load(Path(local).read_text()))
-    if "://" not in checkpoint and (Path(checkpoint) / STATE_FILE).exists():
-        # config.yaml masks values whose key looks secret (text.tokenizer); the checkpoint's copy is unmasked.
-        config = _config_from_state(load_state(checkpoint), checkpoint)
+    state = None
+    if "://" in checkpoint or (Path(checkpoint) / STATE_FILE).exists():
+        # The checkpoint's config is the one the workers ran: secrets unmasked, local paths (a
+        # trained text.tokenizer) absolute. config.yaml has them as given on the command line.
+        state = read_state(checkpoint)
+        config = _config_from_state(state, checkpoint)
     step = int(run.data.metrics.get("train/step", 0)) or config.train.steps
-    return ModelSource(config, checkpoint, run_id, step)
+    return ModelSource(config, checkpoint, run_id, step, state)
+
+
+def read_state(checkpoint: str) -> dict[str, Any]:
+    """The training state in the checkpoint directory `checkpoint`: a local path or a URI."""
+    if "://" not in checkpoint:
+        return load_state(checkpoint)
+    import io
+
+    import torch
+    from pyarrow import fs
+
+    from clipray.data.sources import s3_filesystem
+
+    if checkpoint.startswith("s3://"):
+        filesystem, path = s3_filesystem(), checkpoint.removeprefix("s3://")
+    else:
+        filesystem, path = fs.FileSystem.from_uri(checkpoint)
+    with filesystem.open_input_file(f"{path.rstrip('/')}/{STATE_FILE}") as f:
+        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
 
 
 def _config_from_state(state: dict[str, Any], where: str) -> PipelineConfig:
@@ -81,13 +105,7 @@ def _config_from_state(state: dict[str, Any], where: str) -> PipelineConfig:
 
 def load_state_dict(source: ModelSource) -> dict[str, Any]:
     """The model's parameters from `source.checkpoint` (local or remote)."""
-    if "://" not in source.checkpoint:
-        state = load_state(source.checkpoint)
-    else:
-        import ray.train
-
-        with ray.train.Checkpoint(source.checkpoint).as_directory() as d:
-            state = load_state(d)
+    state = source.state if source.state is not None else read_state(source.checkpoint)
     return state["objective"]["model"]
 
 

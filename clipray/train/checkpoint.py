@@ -60,7 +60,12 @@ class CheckpointStore:
         return sorted(steps)
 
     def path(self, step: int) -> str:
+        """The checkpoint directory of `step` on `self.fs` (no scheme: pyarrow paths)."""
         return f"{self.base}/step_{step:08d}"
+
+    def uri(self, step: int) -> str:
+        """Where the checkpoint of `step` is for other readers: `s3://...` for a store on S3."""
+        return f"s3://{self.path(step)}" if self.root.startswith("s3://") else self.path(step)
 
     def save(self, state: dict[str, Any], step: int) -> str:
         """Write `state` for `step`, commit it, drop old ones; returns the checkpoint directory."""

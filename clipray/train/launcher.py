@@ -175,7 +175,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
         metrics = data_metrics(data, train_s)
         store = CheckpointStore(checkpoint_root, tc.keep_checkpoints)
         last = store.latest()
-        checkpoint_path = store.path(last) if last is not None else None
+        checkpoint_path = store.uri(last) if last is not None else None
         final_state = store.load(last) if last is not None else None
         if checkpoint_path:  # where `clipray eval --model RUN_ID` finds the weights
             tracker.set_tags({"clipray.checkpoint": checkpoint_path})

@@ -1,12 +1,17 @@
 """The object-storage run the README describes: training data read from S3 and checkpoints written
 to S3 (`train.storage_path=s3://...`), against a real SeaweedFS server. The checkpoints land
-committed in the bucket, and the last one loads back through clipray's checkpoint store."""
+committed in the bucket, the last one loads back through clipray's checkpoint store, and
+`clipray eval --model RUN_ID` finds it from the run's `clipray.checkpoint` tag. The run also uses a
+vocabulary from `clipray tokenizer train`, given by a relative path: it travels with the run as an
+artifact, and the evaluation, started from another directory, still finds it."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, run_clipray
 
@@ -21,12 +26,17 @@ def test_train_reads_and_checkpoints_on_s3(s3_server, tiny_data: Path, run_env: 
     s3_server.create_bucket(BUCKET)
     s3_server.upload_dir(tiny_data / "train", BUCKET, "data/train")
     env = {**run_env, **s3_server.env()}
+    proc = run_clipray("tokenizer", "train", "--source", str(tiny_data / "train"), "--out", "vocab.json",
+                       "--vocab-size", "600", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_clipray("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
                        "--set", f"data.source=s3://{BUCKET}/data/train",
                        "--set", f"eval.zeroshot_source={tiny_data / 'eval'}",
                        "--set", f"train.storage_path=s3://{BUCKET}/runs",
+                       "--set", "text.tokenizer=vocab.json",
                        env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    run_id = next(line for line in proc.stdout.splitlines() if line.startswith("mlflow_run_id: ")).split()[-1]
 
     keys = [o["Key"] for page in s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
             for o in page.get("Contents", [])]
@@ -41,3 +51,17 @@ def test_train_reads_and_checkpoints_on_s3(s3_server, tiny_data: Path, run_env: 
     state = CheckpointStore(root).load()
     assert state is not None and state["step"] == 6
     assert state["data"]["epoch"] >= 0 and state["data"]["consumed"], "the cursor travels with the checkpoint"
+
+    client = MlflowClient(run_env["MLFLOW_TRACKING_URI"])
+    run = client.get_run(run_id)
+    assert run.data.tags["clipray.checkpoint"] == f"{root}/step_00000006"  # a URI, not a bucket-relative path
+    assert [a.path for a in client.list_artifacts(run_id, "tokenizer")] == ["tokenizer/vocab.json"]
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_clipray("eval", "--model", run_id, "--data", str(tiny_data / "eval"), "--name", "heldout", "--json",
+                       env=env, cwd=elsewhere, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert metrics["eval/images"] == 48 and metrics["eval/zeroshot_classes"] == 24
+    assert client.get_run(run_id).data.metrics["eval/heldout/zeroshot_top1"] == pytest.approx(metrics["eval/zeroshot_top1"])
