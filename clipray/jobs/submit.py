@@ -29,8 +29,10 @@ from clipray.jobs.client import JobsError, call
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
-# Config keys holding local paths that the job must see as absolute paths.
-PATH_KEYS = (("data", "source"), ("eval", "zeroshot_source"), ("eval", "classes_file"), ("train", "storage_path"))
+# Config keys holding local paths that the job must see as absolute paths. `text.tokenizer` is
+# also a name (`openai`, `words`): it is a path only when such a file exists.
+PATH_KEYS = (("data", "source"), ("eval", "zeroshot_source"), ("eval", "classes_file"), ("train", "storage_path"),
+             ("model", "init_from"), ("text", "font"), ("text", "tokenizer"))
 CONFIG_NAME = "pipeline.yaml"
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -60,8 +62,10 @@ def resolve_for_job(config: PipelineConfig, base: Path | None = None) -> dict[st
     base = base or Path.cwd()
     raw = to_dict(config)
     for section, key in PATH_KEYS:
-        if raw.get(section, {}).get(key) is not None:
-            raw[section][key] = _absolute(raw[section][key], base)
+        value = raw.get(section, {}).get(key)
+        if value is None or (key == "tokenizer" and not (base / str(value)).exists()):
+            continue
+        raw[section][key] = _absolute(value, base)
     if raw["train"].get("storage_path") is None:
         raw["train"]["storage_path"] = str((base / "clipray_runs").resolve())
     # The job must log where the submitter would have: resolve $MLFLOW_TRACKING_URI / the default now.

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import ROOT, run_clipray
 from tests.support.rayhead import RayHead, ray_head
@@ -32,15 +33,22 @@ def _env(head: RayHead, tmp_path: Path, **extra: str) -> dict[str, str]:
 def test_submit_wait_runs_tiny_pipeline_to_success(auth_head: RayHead, tiny_data: Path, tmp_path: Path):
     env = _env(auth_head, tmp_path)
     env.pop("RAY_AUTH_MODE")  # the token alone is enough, as with `ray job submit`
+    # A vocabulary of `clipray tokenizer train`, given by a path relative to the submitting side.
+    proc = run_clipray("tokenizer", "train", "--source", str(tiny_data / "train"), "--out", "vocab.json",
+                       "--vocab-size", "600", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_clipray("submit", TINY, "--address", auth_head.address, "--wait",
                        "--set", f"data.source={tiny_data / 'train'}",
                        "--set", f"eval.zeroshot_source={tiny_data / 'eval'}",
+                       "--set", "text.tokenizer=vocab.json",
                        "--set", "train.storage_path=runs", env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = proc.stdout.splitlines()[0]
     assert job_id.startswith("clipray-clip-tiny-")
     assert "[clipray] step 6/6" in proc.stdout and "zero-shot top-1" in proc.stdout
     assert any((tmp_path / "runs").rglob("state.pt")), "relative storage_path resolved on the submitting side"
+    state = torch.load(next((tmp_path / "runs").rglob("state.pt")), map_location="cpu", weights_only=False)
+    assert state["config"]["text"]["tokenizer"] == str(tmp_path / "vocab.json"), "and the relative tokenizer path"
     listed = run_clipray("jobs", "list", "--address", auth_head.address, env=env, cwd=tmp_path)
     assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout + listed.stderr
     status = run_clipray("jobs", "status", job_id, "--address", auth_head.address, env=env, cwd=tmp_path)
