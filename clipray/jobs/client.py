@@ -36,7 +36,7 @@ def token_source() -> str | None:
     return str(default) if default.is_file() else None
 
 
-def _enable_token_mode_if_token() -> None:
+def enable_token_mode_if_token() -> None:
     """Token mode when a token exists and the user did not choose a mode (as `ray job submit`)."""
     if os.environ.get("RAY_AUTH_MODE") is None and token_source() is not None:
         os.environ["RAY_AUTH_MODE"] = "token"
@@ -53,7 +53,7 @@ def connect(address: str | None) -> JobSubmissionClient:
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not address:
         raise JobsError("no cluster address: pass --address http://HEAD:8265 or set RAY_API_SERVER_ADDRESS")
-    _enable_token_mode_if_token()
+    enable_token_mode_if_token()
     try:
         return JobSubmissionClient(address)
     except AuthenticationError as e:
@@ -62,10 +62,10 @@ def connect(address: str | None) -> JobSubmissionClient:
         raise JobsError(f"cannot reach the Ray dashboard at {address}: {e}") from None
 
 
-def auth_message(address: str, error: Exception) -> str:
+def auth_message(address: str, error: BaseException) -> str:
     text = str(error)
     source = token_source()
-    if "Forbidden" in text or "invalid" in text.lower():
+    if source is not None and ("Forbidden" in text or "invalid" in text.lower()):
         return (f"the cluster at {address} refused the authentication token from {source}: "
                 f"it is not this cluster's token; {AUTH_HELP}")
     return f"the cluster at {address} requires an authentication token and none was found; {AUTH_HELP}"

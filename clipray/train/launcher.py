@@ -41,6 +41,10 @@ def init_ray(config: PipelineConfig) -> None:
     quiet_progress_bars()  # before worker_env() sets the variable for the workers
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
+        from ray.exceptions import AuthenticationError
+
+        from clipray.jobs.client import JobsError, auth_message, enable_token_mode_if_token
+
         # Workers of an existing cluster do not inherit this process's environment: clipray's
         # worker settings and the fault injection of recovery tests (clipray.train.faults) travel
         # with the job instead.
@@ -48,7 +52,16 @@ def init_ray(config: PipelineConfig) -> None:
         fault = os.environ.get(FAULT_ENV)
         if fault:
             env[FAULT_ENV] = fault
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
+        enable_token_mode_if_token()  # a token in the environment is enough, as for `clipray submit`
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
+        except ConnectionError as e:
+            # Ray 2.60 wraps the GCS's refusal in a RuntimeError that quotes the traceback of its
+            # AuthenticationError; the token's problem is only in that text.
+            cause = e.__cause__ or e
+            if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):
+                raise JobsError(auth_message(address, cause)) from None
+            raise
     else:
         start_local_ray(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True,
                         dashboard_host="127.0.0.1", configure_logging=True, logging_level="warning")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,3 +78,20 @@ def test_wrong_or_missing_token_is_refused_clearly(auth_head: RayHead, tmp_path:
     proc = run_clipray("jobs", "list", "--address", auth_head.address, env=missing, cwd=tmp_path)
     assert proc.returncode == 2
     assert "requires an authentication token and none was found" in proc.stderr, proc.stderr
+
+
+def test_driver_outside_the_cluster_authenticates_with_the_token(auth_head: RayHead, tiny_data: Path, tmp_path: Path):
+    """`clipray train` / `data profile` on the cluster in RAY_ADDRESS: RAY_AUTH_TOKEN alone turns on
+    token mode, as for `clipray submit`; a wrong token is refused in one line."""
+    env = _env(auth_head, tmp_path, RAY_ADDRESS=auth_head.gcs_address,
+               RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")  # the driver's node on loopback, as the head's
+    env.pop("RAY_AUTH_MODE")
+    args = ("data", "profile", TINY, "--json", "--set", f"data.source={tiny_data / 'train'}")
+    proc = run_clipray(*args, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-5000:]
+    assert json.loads(proc.stdout)["rows_in"] == 384
+
+    proc = run_clipray(*args, env={**env, "RAY_AUTH_TOKEN": "0" * 32}, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-5000:]
+    assert "refused the authentication token from RAY_AUTH_TOKEN" in proc.stderr
+    assert "Traceback" not in proc.stderr
