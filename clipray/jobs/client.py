@@ -72,10 +72,14 @@ def auth_message(address: str, error: BaseException) -> str:
 
 
 def call(address: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run one client call, turning authentication failures into a JobsError."""
+    """Run one client call, turning authentication failures and unknown job ids into a JobsError."""
     from ray.exceptions import AuthenticationError
 
     try:
         return fn(*args, **kwargs)
     except AuthenticationError as e:
         raise JobsError(auth_message(address, e)) from None
+    except RuntimeError as e:  # the SDK's 404: "Request failed with status code 404: Job X does not exist."
+        if "does not exist" in str(e) and not isinstance(e, JobsError):
+            raise JobsError(f"the cluster at {address}: {str(e).rsplit(': ', 1)[-1]}") from None
+        raise

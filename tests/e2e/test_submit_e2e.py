@@ -79,6 +79,12 @@ def test_wrong_or_missing_token_is_refused_clearly(auth_head: RayHead, tmp_path:
     assert proc.returncode == 2
     assert "requires an authentication token and none was found" in proc.stderr, proc.stderr
 
+    for command in ("status", "logs", "stop"):  # an unknown job id, with the right token
+        proc = run_clipray("jobs", command, "no-such-job", "--address", auth_head.address,
+                           env=_env(auth_head, tmp_path), cwd=tmp_path)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "Job no-such-job does not exist" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
 
 def test_driver_outside_the_cluster_authenticates_with_the_token(auth_head: RayHead, tiny_data: Path, tmp_path: Path):
     """`clipray train` / `data profile` on the cluster in RAY_ADDRESS: RAY_AUTH_TOKEN alone turns on
