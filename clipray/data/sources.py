@@ -66,6 +66,27 @@ def s3_filesystem(endpoint_url: str | None = None, *, timeout_s: float | None = 
     return fs.S3FileSystem(**kwargs)
 
 
+def filesystem_for(path_or_uri: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """The pyarrow filesystem and path of a local path or a URI, for files clipray reads or writes
+    beside the data (checkpoints, init weights): s3:// through `s3_filesystem`, so that the
+    endpoint of $AWS_ENDPOINT_URL applies as it does to data.source; other schemes as pyarrow
+    resolves them; a plain path on the local filesystem."""
+    from pyarrow import fs
+
+    if path_or_uri.startswith("s3://"):
+        return s3_filesystem(), path_or_uri.removeprefix("s3://")
+    if "://" in path_or_uri:
+        return fs.FileSystem.from_uri(path_or_uri)
+    return fs.LocalFileSystem(), path_or_uri
+
+
+def read_bytes(path_or_uri: str) -> bytes:
+    """The whole file at a local path or URI (see `filesystem_for`)."""
+    filesystem, path = filesystem_for(path_or_uri)
+    with filesystem.open_input_stream(path) as f:
+        return f.read()
+
+
 def _classify_s3_error(e: BaseException) -> str:
     text = str(e)
     if any(s in text for s in ("SignatureDoesNotMatch", "SIGNATURE_DOES_NOT_MATCH", "InvalidAccessKeyId",

@@ -85,16 +85,11 @@ def read_state(checkpoint: str) -> dict[str, Any]:
     import io
 
     import torch
-    from pyarrow import fs
 
-    from clipray.data.sources import s3_filesystem
+    from clipray.data.sources import read_bytes
 
-    if checkpoint.startswith("s3://"):
-        filesystem, path = s3_filesystem(), checkpoint.removeprefix("s3://")
-    else:
-        filesystem, path = fs.FileSystem.from_uri(checkpoint)
-    with filesystem.open_input_file(f"{path.rstrip('/')}/{STATE_FILE}") as f:
-        return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+    data = read_bytes(f"{checkpoint.rstrip('/')}/{STATE_FILE}")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
 
 
 def _config_from_state(state: dict[str, Any], where: str) -> PipelineConfig:

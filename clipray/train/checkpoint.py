@@ -23,16 +23,11 @@ _DIR = re.compile(r"^step_(\d{8,})$")
 
 
 def _filesystem(root: str) -> tuple[Any, str]:
-    from pyarrow import fs
+    from clipray.data.sources import filesystem_for
 
-    if root.startswith("s3://"):
-        from clipray.data.sources import s3_filesystem
-
-        # The endpoint comes from $AWS_ENDPOINT_URL, as for data.source. Not `resolve`: that lists
-        # a prefix's parquet files, and a checkpoint root holds none.
-        return s3_filesystem(), root.removeprefix("s3://").rstrip("/")
-    local = fs.LocalFileSystem()
-    return local, str(root).rstrip("/")
+    # Not `resolve`: that lists a prefix's parquet files, and a checkpoint root holds none.
+    filesystem, path = filesystem_for(str(root))
+    return filesystem, path.rstrip("/")
 
 
 class CheckpointStore:

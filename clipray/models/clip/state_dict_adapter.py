@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from clipray.config.schema import ModelConfig, TextTowerConfig, VisionConfig
+from clipray.data.sources import read_bytes
 
 JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -91,7 +92,7 @@ def read_state_dict(path_or_uri: str) -> dict[str, Any]:
 
     A clipray checkpoint (`state.pt` with an `objective` entry) yields its model weights.
     """
-    data = _read_bytes(path_or_uri)
+    data = read_bytes(path_or_uri)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception:  # OpenAI's released files are TorchScript archives
@@ -103,22 +104,6 @@ def read_state_dict(path_or_uri: str) -> dict[str, Any]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"model.init_from {path_or_uri}: expected a state dict, got {type(obj).__name__}")
     return clean_state_dict(obj)
-
-
-def _read_bytes(path_or_uri: str) -> bytes:
-    if "://" not in path_or_uri:
-        with open(path_or_uri, "rb") as f:
-            return f.read()
-    from pyarrow import fs
-
-    if path_or_uri.startswith("s3://"):  # honours $AWS_ENDPOINT_URL like data.source does
-        from clipray.data.sources import s3_filesystem
-
-        filesystem, path = s3_filesystem(), path_or_uri.removeprefix("s3://")
-    else:
-        filesystem, path = fs.FileSystem.from_uri(path_or_uri)
-    with filesystem.open_input_stream(path) as f:
-        return f.read()
 
 
 def load_init(model: torch.nn.Module, path_or_uri: str) -> None:
