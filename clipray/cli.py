@@ -326,7 +326,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from clipray.config import ConfigError
 
         if isinstance(e, ConfigError | FileNotFoundError) or type(e) is KeyError:
-            print(f"clipray: error: {e}", file=sys.stderr)
+            # str() of a KeyError is the repr of its key: print the message itself, unquoted.
+            message = e.args[0] if type(e) is KeyError and len(e.args) == 1 else e
+            print(f"clipray: error: {message}", file=sys.stderr)
             return 2
         raise
 

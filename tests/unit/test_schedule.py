@@ -79,3 +79,12 @@ def test_kubernetes_rendering(kind: str):
     assert job["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     assert {g["groupName"] for g in job["rayClusterSpec"]["workerGroupSpecs"]} == {"cpu-data", "gpu-train"}
     json.dumps(doc)  # plain data, no YAML-only types
+
+
+def test_unknown_schedule_is_one_unquoted_line(tmp_path, capsys):
+    from clipray.cli import main
+
+    state = tmp_path / "sched.db"
+    assert main(["schedule", "remove", "nightly", "--state", str(state)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"clipray: error: no schedule 'nightly' in {state}", err
