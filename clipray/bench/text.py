@@ -43,7 +43,7 @@ def _rate(fn: Callable[[Sequence[str]], Any], texts: Sequence[str], batch: int, 
 
 
 def _repair_seconds(tokenizer: Callable[[Sequence[str]], Any], texts: Sequence[str],
-                       batch: int, repeats: int) -> tuple[float, int]:
+                    batch: int, repeats: int) -> tuple[float, int]:
     """CPU-s of a pass of `tokenizer` spent inside ftfy's mojibake repair (`fix_encoding`, and
     `fix_text` for texts too long for clipray's shortcuts), the least of `repeats` passes as the
     rates are their best, and the number of such calls in a pass: the lines where

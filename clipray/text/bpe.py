@@ -29,7 +29,7 @@ import regex
 from clipray.text.clean import (  # clean_text: also imported from here
     clean_text,
     clean_text_until,
-    ftfy_tables,
+    cleans_to_spacing_and_case,
 )
 from clipray.text.tokenizer import Tokenizer, pack, tokenizer_registry
 
@@ -217,10 +217,8 @@ class ClipBPETokenizer:
         # lower-cases each text, and its word pattern never matches a space, so runs of spaces and
         # case give the same words (instant-clip-tokenizer 0.1: `Tokenizer::encode`). Text with "<"
         # is cleaned, so that special-token text ("<START_OF_TEXT>") is found lower-cased below.
-        # The check is `cleans_to_spacing_and_case` and "<" written out: it runs for every caption.
-        as_is = ftfy_tables().shortcuts
-        cleaned = [t if as_is and t.isascii() and t.isprintable() and "&" not in t and "<" not in t
-                   else clean_text_until(t, self._overflows) for t in texts]
+        cleaned = [t if "<" not in t and cleans_to_spacing_and_case(t) else clean_text_until(t, self._overflows)
+                   for t in texts]
         out = self._backend.tokenize_batch(cleaned, self.context_length).astype(np.int32, copy=False)
         # ASCII without "<" never needs the reference path: the method call is skipped for it.
         slow = [i for i, c in enumerate(cleaned) if ("<" in c or not c.isascii()) and self._needs_reference_path(c)]

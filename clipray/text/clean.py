@@ -179,9 +179,8 @@ def required_characters(pattern: re.Pattern[str]) -> set[int] | None:
         return None
 
     def commonness(chars: set[int]) -> tuple[int, int]:
-        common = sum(unicodedata.category(chr(cp))[0] in "LZ" or unicodedata.category(chr(cp)) in _QUOTE_CATEGORIES
-                     for cp in chars)
-        return common, len(chars)
+        categories = [unicodedata.category(chr(cp)) for cp in chars]
+        return sum(c[0] in "LZ" or c in _QUOTE_CATEGORIES for c in categories), len(chars)
 
     def requirement(sequence: Any) -> set[int] | None:
         best: set[int] | None = None
@@ -189,12 +188,8 @@ def required_characters(pattern: re.Pattern[str]) -> set[int] | None:
             found: set[int] | None
             if op is sre.BRANCH:
                 branches = [requirement(b) for b in av[1]]
-                found = set()
-                for branch in branches:
-                    if branch is None:
-                        found = None
-                        break
-                    found |= branch
+                known = [b for b in branches if b is not None]
+                found = set().union(*known) if len(known) == len(branches) else None
             elif op in (sre.MAX_REPEAT, sre.MIN_REPEAT, sre.POSSESSIVE_REPEAT):
                 found = requirement(av[2]) if av[0] >= 1 else None
             elif op is sre.SUBPATTERN:  # (group, added flags, removed flags, pattern)
