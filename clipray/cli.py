@@ -147,7 +147,7 @@ def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("name")
     sc.add_state(p)
     p.set_defaults(func=sc.cmd_schedule_remove)
-    p = sched.add_parser("render", help="print a schedule as Kubernetes YAML")
+    p = sched.add_parser("render", help="print a schedule as Kubernetes YAML (the pipeline as a ConfigMap, and the schedule)")
     p.add_argument("name")
     p.add_argument("--kind", choices=["RayCronJob", "CronJob"], default="RayCronJob")
     sc.add_state(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -61,10 +62,16 @@ def cmd_schedule_remove(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule_render(args: argparse.Namespace) -> int:
-    from clipray.schedule.k8s import render
+    from clipray.config import load_config
+    from clipray.schedule.k8s import cluster_path_problems, render
     from clipray.schedule.store import ScheduleStore
 
-    print(render(ScheduleStore(args.state).get(args.name), args.kind), end="")
+    s = ScheduleStore(args.state).get(args.name)
+    config = load_config(s.pipeline, s.overrides)
+    # Warnings, not errors: an absolute path may exist inside the image, and the YAML may be edited.
+    for problem in cluster_path_problems(config):
+        print(f"clipray: warning: {problem}", file=sys.stderr)
+    print(render(s, args.kind, config), end="")
     return 0
 
 

@@ -1,38 +1,101 @@
 """Kubernetes renderings of a schedule: a KubeRay `RayCronJob` (alpha, KubeRay >= 1.6 with the
 RayCronJob feature gate) or, for older operators, a `CronJob` whose pod creates a `RayJob`.
-Both reuse the RayJob spec of clusters/kuberay/rayjob.yaml with the retrain entrypoint."""
+
+Both reuse the RayJob spec of clusters/kuberay/rayjob.yaml with the retrain entrypoint. The pods
+run the image, not the machine that renders, so the pipeline travels in the manifest: a
+`ConfigMap` holds the validated config (overrides applied) and the head pod, where a Ray job's
+entrypoint runs, mounts it at `MOUNT_DIR`. Paths in the config must then name what the pods can
+read (object storage, or files inside the image): `cluster_path_problems` lists those that do not.
+"""
 
 from __future__ import annotations
 
 import copy
+import os
 import shlex
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.jobs.submit import PATH_KEYS
 from clipray.schedule.store import Schedule
 
 RAYJOB_TEMPLATE = Path(__file__).resolve().parents[2] / "clusters" / "kuberay" / "rayjob.yaml"
+MOUNT_DIR = "/etc/clipray"
+CONFIG_KEY = "pipeline.yaml"
+_VOLUME = "clipray-pipeline"
+
+
+def configmap_name(s: Schedule) -> str:
+    return f"clipray-{s.name}-pipeline"
+
+
+def cluster_path_problems(config: PipelineConfig, base: Path | None = None) -> list[str]:
+    """Settings that would make the scheduled job read or write this machine's disk, one line each.
+
+    A URI is fine; so is an absolute path, which may exist inside the image (the default Unifont
+    path does when the image installs Debian's `unifont`). `text.tokenizer` is a path only when
+    such a file exists here (else it names a built-in vocabulary).
+    """
+    base = base or Path.cwd()
+    raw = to_dict(config)
+    out = []
+    for section, key in PATH_KEYS:
+        if key == "storage_path":  # below: unset is a problem too
+            continue
+        value = raw[section].get(key)
+        if not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
+            continue
+        if key == "tokenizer" and not (base / value).exists():
+            continue
+        out.append(f"{section}.{key} is the relative path {value!r}: the pods cannot see this machine's "
+                   "files; give an s3:// URI (or an absolute path inside the image)")
+    storage = raw["train"].get("storage_path")
+    if storage is None or "://" not in str(storage):
+        out.append(f"train.storage_path is {storage or 'unset (./clipray_runs)'}: checkpoints would land on "
+                   "the head pod's disk, which is deleted with the job's cluster; give an s3:// URI")
+    tracking = raw["tracking"].get("tracking_uri")
+    if tracking is not None and not str(tracking).startswith(("http://", "https://", "databricks")):
+        out.append(f"tracking.tracking_uri is {tracking!r}, a store on the head pod's disk; leave it unset "
+                   "(the manifest sets MLFLOW_TRACKING_URI) or name an MLflow server")
+    return out
 
 
 def rayjob_spec(s: Schedule, template: Path = RAYJOB_TEMPLATE) -> dict[str, Any]:
+    """The RayJob spec: the template's cluster, the pipeline's ConfigMap mounted on the head, and
+    `clipray retrain` on the mounted config (the overrides are already applied in it)."""
     spec = copy.deepcopy(yaml.safe_load(template.read_text())["spec"])
-    sets = " ".join(f"--set {shlex.quote(o)}" for o in s.overrides)
     # The window is the job's start minute, so a retried pod of the same tick reuses it.
-    spec["entrypoint"] = (f"python -m clipray retrain {shlex.quote(s.pipeline)} {sets} --schedule {s.name} "
-                          "--window $(date -u +%Y%m%dT%H%M)").replace("  ", " ")
+    spec["entrypoint"] = (f"python -m clipray retrain {MOUNT_DIR}/{CONFIG_KEY} --schedule {shlex.quote(s.name)} "
+                          "--window $(date -u +%Y%m%dT%H%M)")
     spec["backoffLimit"] = s.max_retries
+    pod = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    pod.setdefault("volumes", []).append({"name": _VOLUME, "configMap": {"name": configmap_name(s)}})
+    pod["containers"][0].setdefault("volumeMounts", []).append(
+        {"name": _VOLUME, "mountPath": MOUNT_DIR, "readOnly": True})
     return spec
 
 
-def render(s: Schedule, kind: str = "RayCronJob") -> str:
+def configmap(s: Schedule, config: PipelineConfig) -> dict[str, Any]:
+    text = f"# clipray schedule {s.name}: {s.pipeline} {' '.join(s.overrides)}".rstrip() + "\n"
+    text += yaml.safe_dump(to_dict(config), sort_keys=False)
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": configmap_name(s)},
+            "data": {CONFIG_KEY: text}}
+
+
+def render(s: Schedule, kind: str = "RayCronJob", config: PipelineConfig | None = None) -> str:
+    """Two YAML documents for `kubectl apply -f -`: the pipeline's ConfigMap and the schedule."""
+    if kind not in ("RayCronJob", "CronJob"):
+        raise ValueError(f"unknown kind {kind!r}: RayCronJob or CronJob")
+    config = config or load_config(s.pipeline, s.overrides)
     name = f"clipray-{s.name}"
     if kind == "RayCronJob":
         doc: dict[str, Any] = {"apiVersion": "ray.io/v1", "kind": "RayCronJob", "metadata": {"name": name},
                                "spec": {"schedule": s.cron, "concurrencyPolicy": "Forbid",
                                         "jobTemplate": rayjob_spec(s)}}
-    elif kind == "CronJob":
+    else:
         rayjob = {"apiVersion": "ray.io/v1", "kind": "RayJob", "metadata": {"generateName": f"{name}-"},
                   "spec": rayjob_spec(s)}
         doc = {"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
@@ -44,6 +107,4 @@ def render(s: Schedule, kind: str = "RayCronJob") -> str:
                                        "command": ["sh", "-c", 'echo "$RAYJOB" | kubectl create -f -'],
                                        "env": [{"name": "RAYJOB", "value": yaml.safe_dump(rayjob, sort_keys=False)}]}],
                    }}}}}}
-    else:
-        raise ValueError(f"unknown kind {kind!r}: RayCronJob or CronJob")
-    return yaml.safe_dump(doc, sort_keys=False)
+    return yaml.safe_dump_all([configmap(s, config), doc], sort_keys=False)

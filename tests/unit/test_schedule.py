@@ -63,9 +63,9 @@ def test_partitions_listed_and_selected(tmp_path: Path):
 
 
 @pytest.mark.parametrize("kind", ["RayCronJob", "CronJob"])
-def test_kubernetes_rendering(kind: str):
-    s = Schedule("nightly", "0 3 * * *", "pipelines/demo.yaml", ["train.steps=100"], max_retries=2)
-    doc = yaml.safe_load(render(s, kind))
+def test_kubernetes_rendering(kind: str, tmp_path: Path):
+    s = Schedule("nightly", "0 3 * * *", str(ROOT / "pipelines/demo.yaml"), ["train.steps=100"], max_retries=2)
+    cm, doc = yaml.safe_load_all(render(s, kind))
     assert doc["kind"] == kind and doc["spec"]["schedule"] == "0 3 * * *"
     if kind == "RayCronJob":
         assert doc["apiVersion"] == "ray.io/v1"
@@ -75,10 +75,43 @@ def test_kubernetes_rendering(kind: str):
         rayjob = yaml.safe_load(env["value"])
         assert rayjob["kind"] == "RayJob" and rayjob["metadata"]["generateName"] == "clipray-nightly-"
         job = rayjob["spec"]
-    assert "python -m clipray retrain pipelines/demo.yaml --set train.steps=100 --schedule nightly" in job["entrypoint"]
+    # The pipeline travels as a ConfigMap with the overrides applied, mounted where the entrypoint reads it.
+    assert cm["kind"] == "ConfigMap" and cm["metadata"]["name"] == "clipray-nightly-pipeline"
+    shipped = yaml.safe_load(cm["data"]["pipeline.yaml"])
+    assert shipped["train"]["steps"] == 100 and shipped["name"] == load_config(ROOT / "pipelines/demo.yaml").name
+    (tmp_path / "pipeline.yaml").write_text(cm["data"]["pipeline.yaml"])
+    assert load_config(tmp_path / "pipeline.yaml").train.steps == 100  # the shipped file is a valid pipeline
+    assert job["entrypoint"].startswith("python -m clipray retrain /etc/clipray/pipeline.yaml --schedule nightly ")
+    assert str(ROOT) not in yaml.safe_dump(doc)  # nothing of the rendering machine's layout
+    head = job["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]
+    volume = next(v for v in head["volumes"] if v.get("configMap", {}).get("name") == "clipray-nightly-pipeline")
+    mount = next(m for m in head["containers"][0]["volumeMounts"] if m["name"] == volume["name"])
+    assert mount["mountPath"] == "/etc/clipray"
     assert job["rayClusterSpec"]["authOptions"] == {"mode": "token"}
     assert {g["groupName"] for g in job["rayClusterSpec"]["workerGroupSpecs"]} == {"cpu-data", "gpu-train"}
     json.dumps(doc)  # plain data, no YAML-only types
+
+
+def test_render_warns_about_paths_the_pods_cannot_see(tmp_path, capsys, monkeypatch):
+    from clipray.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    state = str(tmp_path / "sched.db")
+    pipeline = str(ROOT / "pipelines/demo.yaml")
+    assert main(["schedule", "add", "local", pipeline, "--cron", "0 3 * * *", "--state", state,
+                 "--set", "data.source=data/web", "--set", "tracking.tracking_uri=sqlite:///runs.db"]) == 0
+    assert main(["schedule", "add", "remote", pipeline, "--cron", "0 3 * * *", "--state", state,
+                 "--set", "data.source=s3://bucket/web", "--set", "eval.zeroshot_source=s3://bucket/eval",
+                 "--set", "train.storage_path=s3://bucket/runs"]) == 0
+    capsys.readouterr()
+    assert main(["schedule", "render", "local", "--state", state]) == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if line.startswith("clipray: warning: ")]
+    assert [w.split()[2] for w in warnings] == ["data.source", "eval.zeroshot_source", "train.storage_path",
+                                             "tracking.tracking_uri"], err
+    assert len(list(yaml.safe_load_all(out))) == 2  # the YAML is still printed, on stdout only
+    assert main(["schedule", "render", "remote", "--state", state]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_unknown_schedule_is_one_unquoted_line(tmp_path, capsys):
