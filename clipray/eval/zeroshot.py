@@ -128,7 +128,7 @@ def zero_shot_metrics(image_emb: torch.Tensor, labels: np.ndarray | Sequence[int
     """Top-1/top-5 of argmax_c <normalize(f(x)), w_c> against the integer labels."""
     feats = F.normalize(image_emb.float(), dim=-1)
     logits = feats @ weights.to(feats.device).float().T
-    labels_t = torch.as_tensor(np.asarray(labels), device=feats.device)
+    labels_t = torch.as_tensor(np.array(labels), device=feats.device)  # a copy: arrow-backed arrays are read-only
     n_classes = weights.shape[0]
     top1 = (logits.argmax(-1) == labels_t).float().mean().item()
     k = min(5, n_classes)

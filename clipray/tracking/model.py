@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 import yaml
 
-from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.config import PipelineConfig, to_dict
 
 STATE_FILE = "model_state.pt"
 CONFIG_FILE = "pipeline.yaml"
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # the model class, logged as code
 
 
 def embed_images(model: Any, config: PipelineConfig, images: Sequence[bytes]) -> np.ndarray:
@@ -62,29 +63,6 @@ def load_model(config: PipelineConfig, state_dict: dict[str, Any]) -> Any:
     model = build_model(config.model)
     model.load_state_dict(state_dict)
     return model.eval()
-
-
-class ClipPyfunc:
-    """mlflow.pyfunc.PythonModel (subclassed lazily so importing clipray does not import mlflow)."""
-
-    @staticmethod
-    def cls() -> type:
-        # By name: mypy does not resolve a base class reached through a function-local `import mlflow.pyfunc`.
-        from mlflow.pyfunc import PythonModel
-
-        class _ClipPyfunc(PythonModel):
-            def load_context(self, context: Any) -> None:
-                import torch
-
-                self.config = load_config(context.artifacts["config"])
-                state = torch.load(context.artifacts["state"], map_location="cpu", weights_only=True)
-                self.model = load_model(self.config, state)
-
-            # No type hints here: MLflow would read them as a second, conflicting input schema.
-            def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
-                return predict_frame(self.model, self.config, model_input)
-
-        return _ClipPyfunc
 
 
 def predict_frame(model: Any, config: PipelineConfig, frame: Any) -> np.ndarray:
@@ -135,11 +113,12 @@ def log_pyfunc_model(tracking_uri: str, run_id: str, config: PipelineConfig, sta
         signature = infer_signature(example, output)
         with mlflow.start_run(run_id=run_id):
             info = mlflow.pyfunc.log_model(
-                name=name, python_model=ClipPyfunc.cls()(), signature=signature,
+                name=name, python_model=str(PYFUNC_CODE), signature=signature,
                 artifacts={"state": str(state_path), "config": str(config_path)},
                 code_paths=[str(Path(clipray.__file__).parent)],
-                # No input_example: MLflow's JSON round trip of an example cannot carry raw bytes
-                # beside nulls; the signature above still describes and checks the input.
+                # Text only: MLflow's JSON copy of an example cannot carry raw image bytes beside
+                # nulls. The signature above describes both columns.
+                input_example=example[["text"]].iloc[1:],
             )
     return info.model_uri
 
