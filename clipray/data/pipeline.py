@@ -253,6 +253,16 @@ def resolve_source(config: PipelineConfig, *, source: str | None = None,
     return src
 
 
+def preflight(config: PipelineConfig) -> Source:
+    """What the data stages need, checked in this process before Ray starts: the source
+    (`resolve_source`) and every op of `data.ops`, built once here. A bad op setting (an unknown
+    tokenizer, a missing vocabulary or font file) is then one line from the command instead of a
+    traceback from every preprocessing actor, after the cluster and the workers have started."""
+    src = resolve_source(config)
+    build_ops(config, train=True)
+    return src
+
+
 def list_source_files(config: PipelineConfig, source: str | None = None) -> list[str]:
     """The sorted parquet files of `data.source` after the partition filter (as `files=` takes them)."""
     return resolve_source(config, source=source).files

@@ -15,13 +15,13 @@ def profile(config: PipelineConfig, *, limit: int | None = None, quiet: bool = F
     """rows_in (every parquet row read), rows_out, drops by reason, rows/s."""
     import ray
 
-    from clipray.data.pipeline import build_dataset, resolve_source
+    from clipray.data.pipeline import build_dataset, preflight
     from clipray.data.stats import stats_actor
     from clipray.train.launcher import init_ray
 
     # With --json, stdout must hold the JSON object alone: send anything else to stderr.
     with contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext():
-        src = resolve_source(config)  # unreachable endpoint, credentials, missing columns: before Ray starts
+        src = preflight(config)  # endpoint, credentials, columns, the ops' settings: before Ray starts
         init_ray(config)
         stats = stats_actor()
         ds = build_dataset(config, train=True, stats=stats, resolved=src)

@@ -127,7 +127,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from clipray.data.pipeline import resolve_source
+    from clipray.data.pipeline import preflight
     from clipray.data.stats import stats_actor
     from clipray.train.callbacks import RestartTracker
     from clipray.train.checkpoint import CheckpointStore
@@ -142,7 +142,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
     status = "FAILED"
     try:
         log_config(tracker, config)
-        source = resolve_source(config)  # S3 access, partitions and schemas checked before Ray starts
+        source = preflight(config)  # S3 access, partitions, schemas and the ops' settings, before Ray starts
         log_parameter_counts(tracker, config.model)
         init_ray(config)
         stats = stats_actor()

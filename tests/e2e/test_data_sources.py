@@ -212,3 +212,19 @@ def test_cli_reports_unreachable_endpoint_in_one_line_before_ray(run_env, tmp_pa
                        "--set", f"data.endpoint_url=http://127.0.0.1:{port}", env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and time.monotonic() - start < 60
     assert "endpoint unreachable" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(("pipeline", "setting", "said"), [
+    ("clip-tiny", "text.tokenizer=opena", "text.tokenizer: unknown tokenizer 'opena'. Did you mean 'openai'?"),
+    ("clip-tiny", "text.tokenizer=missing/vocab.txt.gz", "text.tokenizer: tokenizer vocabulary 'missing/vocab.txt.gz'"),
+    ("clippo-tiny", "text.font=/missing/unifont.hex", "text.font: font '/missing/unifont.hex' does not exist"),
+])
+def test_bad_op_setting_is_one_line_before_ray(run_env, tmp_path, tiny_data, pipeline, setting, said):
+    """The ops are built once in the command before Ray starts: no actor tracebacks, no waiting."""
+    from tests.conftest import ROOT, run_clipray
+
+    proc = run_clipray("train", str(ROOT / f"pipelines/tiny/{pipeline}.yaml"), "--set", setting,
+                       "--set", f"data.source={tiny_data / 'train'}", env=run_env, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"clipray: error: {said}"), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Started a local Ray instance" not in proc.stdout + proc.stderr

@@ -89,7 +89,10 @@ class Tokenize:
     def __init__(self, spec: str, context_length: int) -> None:
         from clipray.text import load_tokenizer
 
-        self.tokenizer = load_tokenizer(spec, context_length=context_length)
+        try:
+            self.tokenizer = load_tokenizer(spec, context_length=context_length)
+        except (FileNotFoundError, KeyError) as e:  # an unknown name or a missing file: say which key
+            raise type(e)(f"text.tokenizer: {e.args[0] if e.args else e}") from None
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch:
         batch = dict(batch)
