@@ -297,8 +297,12 @@ def cmd_data_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
-    from clipray.text.train_bpe import train_and_save
+    from clipray.text.train_bpe import MIN_VOCAB_SIZE, train_and_save
 
+    if args.vocab_size < MIN_VOCAB_SIZE:
+        print(f"clipray: error: --vocab-size {args.vocab_size} is too small: the 256 byte symbols and the "
+              f"start- and end-of-text tokens need at least {MIN_VOCAB_SIZE}", file=sys.stderr)
+        return 2
     info = train_and_save(args.source, args.out, args.vocab_size, column=args.column, limit=args.limit,
                           min_frequency=args.min_frequency)
     print(f"trained a vocabulary of {info['vocab_size']} ids on {info['captions']} captions: {info['path']} "

@@ -17,6 +17,8 @@ from typing import Any
 
 from clipray.text.bpe import EOT_TEXT, SOT_TEXT, clean_text
 
+MIN_VOCAB_SIZE = 256 + 2  # every byte, then start- and end-of-text
+
 
 def read_captions(source: str, column: str = "caption", limit: int | None = None) -> Iterator[str]:
     """Captions from parquet (file, directory or glob; `column`) or a text file (one per line)."""
@@ -53,8 +55,9 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, *, min_frequency: 
     """A `tokenizers.Tokenizer` with at most `vocab_size` ids (the two specials included)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 256 + 2:
-        raise ValueError(f"vocab_size {vocab_size} is too small: the 256 byte symbols and SOT/EOT need 258")
+    if vocab_size < MIN_VOCAB_SIZE:
+        raise ValueError(f"vocab_size {vocab_size} is too small: the 256 byte symbols and SOT/EOT need "
+                         f"{MIN_VOCAB_SIZE}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tokenizer.decoder = decoders.ByteLevel()

@@ -45,3 +45,13 @@ def test_train_from_text_file(tmp_path):
     tok = load_tokenizer(str(out), context_length=16)
     assert tok.vocab_size <= 300 and tok.eot_id == tok.vocab_size - 1
     assert tok.decode(tok.encode("A photo of a red car")) == "a photo of a red car"
+
+
+def test_too_small_vocabulary_is_one_line(tmp_path, capsys):
+    corpus = tmp_path / "captions.txt"
+    corpus.write_text("a photo of a cat\n")
+    assert main(["tokenizer", "train", "--source", str(corpus), "--out", str(tmp_path / "v.json"),
+                 "--vocab-size", "100"]) == 2
+    assert capsys.readouterr().err.strip() == ("clipray: error: --vocab-size 100 is too small: the 256 byte symbols "
+                                               "and the start- and end-of-text tokens need at least 258")
+    assert not (tmp_path / "v.json").exists()
