@@ -8,6 +8,25 @@ import sys
 from collections.abc import Sequence
 
 
+def _positive(text: str) -> int:
+    """argparse type of counts and sizes: `--rows 0` is refused by the parser, naming the option."""
+    return _int_at_least(text, 1, "a positive integer")
+
+
+def _non_negative(text: str) -> int:
+    return _int_at_least(text, 0, "an integer, 0 or more")
+
+
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {value}")
+    return value
+
+
 def _add_pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("pipeline", help="pipeline YAML")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -20,12 +39,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("synth", help="write a synthetic image/alt-text dataset (img2dataset parquet layout)")
     p.add_argument("--out", required=True, help="output directory (train/ and eval/ are created in it)")
-    p.add_argument("--rows", type=int, required=True, help="training rows")
-    p.add_argument("--shards", type=int, default=4, help="parquet files for the training rows")
+    p.add_argument("--rows", type=_positive, required=True, help="training rows")
+    p.add_argument("--shards", type=_positive, default=4, help="parquet files for the training rows")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=64, help="short side of the stored images is 1-1.5x this")
-    p.add_argument("--eval-per-class", type=int, default=20, help="evaluation images per class")
-    p.add_argument("--bad-rows", type=int, default=0,
+    p.add_argument("--image-size", type=_positive, default=64, help="short side of the stored images is 1-1.5x this")
+    p.add_argument("--eval-per-class", type=_non_negative, default=20, help="evaluation images per class")
+    p.add_argument("--bad-rows", type=_non_negative, default=0,
                    help="rows broken on purpose (truncated JPEG, empty caption, null image)")
     p.set_defaults(func=cmd_synth)
 
@@ -43,17 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = data.add_parser("profile", help="run only the data stages: rows in/out, drops by reason, rows/s")
     _add_pipeline_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many output rows")
+    p.add_argument("--limit", type=_positive, default=None, help="stop after this many output rows")
     p.set_defaults(func=cmd_data_profile)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
     p = tok.add_parser("train", help="train a BPE vocabulary on a caption corpus (use it as text.tokenizer: PATH)")
     p.add_argument("--source", required=True, help="parquet file/directory/glob, or a text file with one caption per line")
     p.add_argument("--out", required=True, help="output tokenizer file (.json)")
-    p.add_argument("--vocab-size", type=int, required=True, help="ids in the vocabulary, start/end-of-text included")
+    p.add_argument("--vocab-size", type=_positive, required=True, help="ids in the vocabulary, start/end-of-text included")
     p.add_argument("--column", default="caption", help="caption column of a parquet source")
-    p.add_argument("--limit", type=int, default=None, help="use at most this many captions")
-    p.add_argument("--min-frequency", type=int, default=2, help="merges seen fewer times are not learned")
+    p.add_argument("--limit", type=_positive, default=None, help="use at most this many captions")
+    p.add_argument("--min-frequency", type=_positive, default=2, help="merges seen fewer times are not learned")
     p.set_defaults(func=cmd_tokenizer_train)
 
     _add_jobs_commands(sub)
@@ -63,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "classes.json): train/ captions from labels, eval/ held out")
     p.add_argument("--set", dest="set_name", default="digits", help="which set: digits (scikit-learn)")
     p.add_argument("--out", required=True, help="output directory (train/ and eval/ are created in it)")
-    p.add_argument("--image-size", type=int, default=32, help="stored image side in pixels")
+    p.add_argument("--image-size", type=_positive, default=32, help="stored image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_realdata)
 
@@ -112,7 +131,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
         dest="jobs_command", required=True)
     p = jobs.add_parser("list", help="recent jobs, newest first")
     jc.add_address(p)
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=_positive, default=20)
     p.set_defaults(func=jc.cmd_jobs_list)
     for name, func, text in [("status", jc.cmd_jobs_status, "a job's status and message"),
                              ("logs", jc.cmd_jobs_logs, "a job's logs"),
@@ -136,7 +155,7 @@ def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
     _add_pipeline_args(p)
     p.add_argument("--cron", required=True, help="cron expression (UTC), e.g. '0 3 * * *'")
     jc.add_address(p)
-    p.add_argument("--max-retries", type=int, default=2, help="resubmissions of a failed window")
+    p.add_argument("--max-retries", type=_non_negative, default=2, help="resubmissions of a failed window")
     p.add_argument("--start", default=None, help="count cron ticks from this ISO time (default: now)")
     sc.add_state(p)
     p.set_defaults(func=sc.cmd_schedule_add)
@@ -170,7 +189,7 @@ def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="recent MLflow runs with key metrics and how to open them")
     p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlruns.db")
-    p.add_argument("--limit", type=int, default=10)
+    p.add_argument("--limit", type=_positive, default=10)
     p.set_defaults(func=cmd_runs)
 
 
@@ -186,8 +205,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="MLflow run id (or runs:/<id>) of a training run, or a checkpoint directory")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
-    p.add_argument("--batch-size", type=int, default=256, help="rows per embedding batch")
-    p.add_argument("--actors", type=int, default=1, help="embedding actors (each loads the model once)")
+    p.add_argument("--batch-size", type=_positive, default=256, help="rows per embedding batch")
+    p.add_argument("--actors", type=_positive, default=1, help="embedding actors (each loads the model once)")
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per embedding actor")
 
 
