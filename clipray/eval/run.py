@@ -68,11 +68,11 @@ def evaluate(model_ref: str, data: str, *, classes_file: str | None = None, name
     from clipray.train.launcher import init_ray
 
     started = time.monotonic()
+    files = parquet_files(data)  # the local inputs first: they fail faster than a model lookup
+    classes, templates = load_classes(data, classes_file)
     source = resolve_model(model_ref, tracking_uri)
     config = source.config
     name = name or set_name(data)
-    classes, templates = load_classes(data, classes_file)
-    files = parquet_files(data)
     schema = pq.read_schema(files[0]).names
     missing = {config.data.image_column, "label"} - set(schema)
     if missing:

@@ -39,7 +39,9 @@ def load_classes(source: str, classes_file: str | None = None) -> tuple[list[str
     src = Path(source)
     path = Path(classes_file) if classes_file else (src.parent if src.suffix == ".parquet" else src) / "classes.json"
     if not path.exists():
-        raise FileNotFoundError(f"zero-shot classes file not found: {path}")
+        raise FileNotFoundError(f"zero-shot classes file not found: {path} (a JSON object {{\"classes\": [...], "
+                                f"\"templates\": [...]}} beside the parquet files, or name one with --classes or "
+                                f"eval.classes_file)")
     meta = json.loads(path.read_text())
     if not isinstance(meta, dict) or not meta.get("classes"):
         raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
@@ -58,8 +60,8 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
     source = source or config.eval.zeroshot_source
     if not source:
         raise ValueError("eval.zeroshot_source is not set")
-    classes, templates = load_classes(source, config.eval.classes_file)
     files = parquet_files(source)
+    classes, templates = load_classes(source, config.eval.classes_file)
     has_caption = "caption" in pq.read_schema(files[0]).names
     columns = ["key", config.data.image_column, "label"] + (["caption"] if has_caption else [])
     table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
