@@ -35,3 +35,15 @@ def test_bad_model_references_name_the_cause(tmp_path: Path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a run"):
         resolve_model("0123456789abcdef", tracking_uri=uri)
+
+
+def test_eval_inputs_are_checked_before_the_model_is_looked_up(tmp_path: Path):
+    from clipray.eval.run import evaluate
+
+    # A run id that exists nowhere: the missing data must be what is reported, before any lookup.
+    with pytest.raises(FileNotFoundError, match=f"no parquet files in the evaluation set {tmp_path / 'none'}"):
+        evaluate("0123456789abcdef", str(tmp_path / "none"), tracking_uri="http://127.0.0.1:1", log=False)
+    (tmp_path / "set").mkdir()
+    (tmp_path / "set" / "part-0.parquet").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match=r"classes\.json \(a JSON object .* --classes or eval\.classes_file"):
+        evaluate("0123456789abcdef", str(tmp_path / "set"), tracking_uri="http://127.0.0.1:1", log=False)
