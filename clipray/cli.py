@@ -153,7 +153,7 @@ def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
     p = sched.add_parser("add", help="add a schedule that retrains PIPELINE on a cluster")
     p.add_argument("name")
     _add_pipeline_args(p)
-    p.add_argument("--cron", required=True, help="cron expression (UTC), e.g. '0 3 * * *'")
+    p.add_argument("--cron", required=True, type=sc.cron_arg, help="cron expression (UTC), e.g. '0 3 * * *'")
     jc.add_address(p)
     p.add_argument("--max-retries", type=_non_negative, default=2, help="resubmissions of a failed window")
     p.add_argument("--start", default=None, help="count cron ticks from this ISO time (default: now)")

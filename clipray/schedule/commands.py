@@ -17,6 +17,16 @@ def add_state(p: argparse.ArgumentParser) -> None:
                    help=f"scheduler SQLite file (default $CLIPRAY_SCHEDULER_DB or {DEFAULT_DB})")
 
 
+def cron_arg(text: str) -> str:
+    """argparse type of --cron: a bad expression is refused by the parser, naming the option."""
+    from clipray.schedule.store import validate_cron
+
+    try:
+        return validate_cron(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _ts(value: str | None) -> float | None:
     if value is None:
         return None

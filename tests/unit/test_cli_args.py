@@ -15,6 +15,8 @@ from clipray.cli import main
     (["tokenizer", "train", "--source", "c.txt", "--out", "v.json", "--vocab-size", "-5"],
      "argument --vocab-size: must be a positive integer, got -5"),
     (["runs", "--limit", "0"], "argument --limit: must be a positive integer, got 0"),
+    (["schedule", "add", "nightly", "p.yaml", "--cron", "61 * * * *", "--state", "s.db"],
+     "argument --cron: not a valid cron expression: '61 * * * *' (five fields, e.g. '0 3 * * *')"),
 ])
 def test_bad_count_is_refused_by_the_parser(argv, said, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
