@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -89,6 +90,9 @@ def build(cls: type[T], raw: Any, *, where: str = "<config>", prefix: str = "") 
         raise ConfigError(f"{where}: {e}") from None
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")  # exponent forms YAML 1.1 leaves as text
+
+
 def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
@@ -135,6 +139,9 @@ def _coerce(tp: Any, value: Any, where: str, key: str) -> Any:
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
         return value
+    if tp in (int, float) and isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+        # YAML 1.1 (PyYAML) reads `1e-3` and `5e-4`, without a dot, as strings.
+        value = float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
             raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")

@@ -11,6 +11,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 
+def _require_positive(section: str, **values: float) -> None:
+    """Sizes, counts and rates that only make sense above zero (0 heads or a negative lr would
+    fail, or silently train nothing, long after the run started)."""
+    for name, value in values.items():
+        if not value > 0:
+            raise ValueError(f"{section}.{name} must be positive, got {value}")
+
+
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the image/alt-text pairs are and how the CPU stages run."""
@@ -95,6 +103,8 @@ class VisionConfig:
     layers_per_stage: tuple[int, ...] = (3, 4, 6, 3)  # resnet only
 
     def __post_init__(self) -> None:
+        _require_positive("model.vision", image_size=self.image_size, patch_size=self.patch_size, width=self.width,
+                          layers=self.layers, heads=self.heads, mlp_ratio=self.mlp_ratio)
         if self.kind == "resnet":
             if self.image_size % 32:
                 raise ValueError(f"model.vision.image_size ({self.image_size}) must be a multiple of 32 for "
@@ -126,6 +136,8 @@ class TextTowerConfig:
     pool: Literal["eot", "first", "mean"] = "eot"
 
     def __post_init__(self) -> None:
+        _require_positive("model.text", vocab_size=self.vocab_size, width=self.width, layers=self.layers,
+                          heads=self.heads, mlp_ratio=self.mlp_ratio)
         if self.width % self.heads:
             raise ValueError(f"model.text.width ({self.width}) must be divisible by heads ({self.heads})")
         if self.attn == "causal" and self.pool == "first":
@@ -185,6 +197,8 @@ class ModelConfig:
     albef: AlbefConfig = field(default_factory=AlbefConfig)
 
     def __post_init__(self) -> None:
+        _require_positive("model", embed_dim=self.embed_dim, init_logit_scale=self.init_logit_scale,
+                          max_logit_scale=self.max_logit_scale)
         if self.family == "albef":
             # ALBEF pools the text at its first ([CLS]/SOT) token and fuses every text token with the
             # image: the text encoder must see in both directions.
@@ -205,6 +219,16 @@ class OptimConfig:
     warmup_steps: int = 100
     schedule: Literal["cosine", "constant"] = "cosine"
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+
+    def __post_init__(self) -> None:
+        _require_positive("optim", lr=self.lr, eps=self.eps)
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError(f"optim.weight_decay and optim.warmup_steps must not be negative, got "
+                             f"{self.weight_decay} and {self.warmup_steps}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"optim.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
 
 
 @dataclass(kw_only=True)

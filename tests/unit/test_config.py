@@ -37,6 +37,13 @@ def test_set_overrides_parse_yaml_values():
     ("model.family=clippo", "text.kind=pixels"),
     ("model.albef.momentum=1.0", "momentum must be in"),
     ("steps", "key=value"),
+    ("optim.lr=-0.001", "optim.lr must be positive, got -0.001"),
+    ("optim.betas=[0.9, 1.0]", r"optim.betas must be two numbers in \[0, 1\)"),
+    ("optim.min_lr_ratio=1.5", r"optim.min_lr_ratio must be in \[0, 1\]"),
+    ("optim.warmup_steps=-1", "must not be negative"),
+    ("model.embed_dim=0", "model.embed_dim must be positive, got 0"),
+    ("model.vision.heads=0", "model.vision.heads must be positive, got 0"),
+    ("model.text.layers=0", "model.text.layers must be positive, got 0"),
 ])
 def test_bad_values_are_clear(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
@@ -105,3 +112,14 @@ def test_sweep_variant_errors_name_the_variant(tmp_path):
                  "variants:\n  bad: {model.text.attn: causal, model.text.pool: first}\n")
     with pytest.raises(ConfigError, match=r"variant 'bad'.*makes no sense"):
         variant_configs(p)
+
+
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # YAML 1.1 reads 5e-4 as a string; a learning rate is most often written that way.
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\noptim: {lr: 5e-4, eps: 1E-8}\n")
+    config = load_config(path, ["train.steps=2e3", "optim.min_lr_ratio=1e-1"])
+    assert (config.optim.lr, config.optim.eps, config.train.steps, config.optim.min_lr_ratio) == (5e-4, 1e-8, 2000, 0.1)
+    assert isinstance(config.train.steps, int)
+    with pytest.raises(ConfigError, match="train.steps must be an integer, got 0.5"):
+        load_config(path, ["train.steps=5e-1"])
