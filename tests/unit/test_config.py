@@ -121,5 +121,5 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
     config = load_config(path, ["train.steps=2e3", "optim.min_lr_ratio=1e-1"])
     assert (config.optim.lr, config.optim.eps, config.train.steps, config.optim.min_lr_ratio) == (5e-4, 1e-8, 2000, 0.1)
     assert isinstance(config.train.steps, int)
-    with pytest.raises(ConfigError, match="train.steps must be an integer, got 0.5"):
+    with pytest.raises(ConfigError, match=r"train\.steps must be an integer, got 0\.5"):
         load_config(path, ["train.steps=5e-1"])
