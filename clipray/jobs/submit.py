@@ -16,7 +16,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,12 +47,25 @@ class PreparedJob:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
+def is_relative_path(value: Any) -> bool:
+    """A non-empty string that is neither a URI nor an absolute path."""
+    return isinstance(value, str) and bool(value) and "://" not in value and not os.path.isabs(value)
+
+
 def _absolute(value: Any, base: Path) -> Any:
     if isinstance(value, list):
         return [_absolute(v, base) for v in value]
-    if not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
-        return value
-    return str((base / value).resolve())
+    return str((base / value).resolve()) if is_relative_path(value) else value
+
+
+def path_settings(raw: dict[str, Any], base: Path) -> Iterator[tuple[str, str, Any]]:
+    """(section, key, value) of the `PATH_KEYS` set in the config dict `raw`; `text.tokenizer`
+    only when a file of that name exists under `base` (else it names a built-in vocabulary)."""
+    for section, key in PATH_KEYS:
+        value = raw.get(section, {}).get(key)
+        if value is None or (key == "tokenizer" and not (base / str(value)).exists()):
+            continue
+        yield section, key, value
 
 
 def resolve_for_job(config: PipelineConfig, base: Path | None = None) -> dict[str, Any]:
@@ -61,10 +74,7 @@ def resolve_for_job(config: PipelineConfig, base: Path | None = None) -> dict[st
 
     base = base or Path.cwd()
     raw = to_dict(config)
-    for section, key in PATH_KEYS:
-        value = raw.get(section, {}).get(key)
-        if value is None or (key == "tokenizer" and not (base / str(value)).exists()):
-            continue
+    for section, key, value in path_settings(raw, base):
         raw[section][key] = _absolute(value, base)
     if raw["train"].get("storage_path") is None:
         raw["train"]["storage_path"] = str((base / "clipray_runs").resolve())

@@ -11,7 +11,6 @@ read (object storage, or files inside the image): `cluster_path_problems` lists 
 from __future__ import annotations
 
 import copy
-import os
 import shlex
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
-from clipray.jobs.submit import PATH_KEYS
+from clipray.jobs.submit import is_relative_path, path_settings
 from clipray.schedule.store import Schedule
 
 RAYJOB_TEMPLATE = Path(__file__).resolve().parents[2] / "clusters" / "kuberay" / "rayjob.yaml"
@@ -39,16 +38,11 @@ def cluster_path_problems(config: PipelineConfig, base: Path | None = None) -> l
     path does when the image installs Debian's `unifont`). `text.tokenizer` is a path only when
     such a file exists here (else it names a built-in vocabulary).
     """
-    base = base or Path.cwd()
     raw = to_dict(config)
     out = []
-    for section, key in PATH_KEYS:
-        if key == "storage_path":  # below: unset is a problem too
-            continue
-        value = raw[section].get(key)
-        if not isinstance(value, str) or not value or "://" in value or os.path.isabs(value):
-            continue
-        if key == "tokenizer" and not (base / value).exists():
+    for section, key, value in path_settings(raw, base or Path.cwd()):
+        # storage_path is checked below: unset is a problem there too.
+        if key == "storage_path" or not is_relative_path(value):
             continue
         out.append(f"{section}.{key} is the relative path {value!r}: the pods cannot see this machine's "
                    "files; give an s3:// URI (or an absolute path inside the image)")
