@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_CPU := torch==2.13.0
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean reference-env
 
 install: $(STAMP)
 
@@ -43,3 +43,7 @@ lint: install
 
 clean:
 	rm -rf $(VENV) clipray_runs mlruns.db mlartifacts data/demo
+
+# open_clip 3.3.0 with its own trainer, in an environment of its own (see scripts/reference-env.sh)
+reference-env:
+	@bash scripts/reference-env.sh .refenv
