@@ -330,30 +330,16 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from clipray.data.sources import SourceError
+    """Run one command. A `UserError` (a setting, a file, a name the user can fix) is one line on
+    stderr and exit code 2; anything else is a bug and keeps its traceback."""
+    from clipray.errors import UserError
 
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except SourceError as e:  # unreachable endpoint, wrong credentials, missing column: said in one line
+    except UserError as e:
         print(f"clipray: error: {e}", file=sys.stderr)
         return 2
-    except RuntimeError as e:
-        from clipray.jobs import JobsError
-
-        if isinstance(e, JobsError):
-            print(f"clipray: error: {e}", file=sys.stderr)
-            return 2
-        raise
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        from clipray.config import ConfigError
-
-        if isinstance(e, ConfigError | FileNotFoundError) or type(e) is KeyError:
-            # str() of a KeyError is the repr of its key: print the message itself, unquoted.
-            message = e.args[0] if type(e) is KeyError and len(e.args) == 1 else e
-            print(f"clipray: error: {message}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

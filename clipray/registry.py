@@ -12,6 +12,8 @@ import importlib
 from collections.abc import Callable, Iterable
 from typing import Generic, TypeVar
 
+from clipray.errors import UnknownNameError
+
 T = TypeVar("T")
 
 
@@ -48,7 +50,7 @@ class Registry(Generic[T]):
         except KeyError:
             close = difflib.get_close_matches(name, self._items, n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise KeyError(
+            raise UnknownNameError(
                 f"unknown {self.kind} {name!r}.{hint} Registered: {', '.join(self.names())}"
             ) from None
 

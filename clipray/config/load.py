@@ -19,11 +19,12 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 from clipray.config.schema import PipelineConfig
+from clipray.errors import UserError
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A pipeline configuration that cannot be used, with the offending key in the message."""
 
 

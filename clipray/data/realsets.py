@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from clipray.errors import InvalidInputError
 from clipray.registry import Registry
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -54,7 +55,7 @@ def write_digits(out: str | Path, *, image_size: int = 32, eval_fraction: float 
     from sklearn.datasets import load_digits
 
     if not 0 < eval_fraction < 1:
-        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
+        raise InvalidInputError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
     digits = load_digits()
     pixels = (np.asarray(digits.images) * (255.0 / 16.0)).round().astype(np.uint8)  # values 0..16 -> 0..255
     labels = np.asarray(digits.target, dtype=np.int32)

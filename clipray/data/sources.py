@@ -15,6 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clipray.errors import InvalidInputError, MissingFileError, UserError
+
 if TYPE_CHECKING:
     import pyarrow.fs
     import ray.data
@@ -23,7 +25,7 @@ if TYPE_CHECKING:
 SCHEMA_CHECK_FILES = 64
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError, RuntimeError):
     """The data source cannot be read; the message says which file/endpoint and why."""
 
 
@@ -118,7 +120,7 @@ def _list_s3(source: str, endpoint_url: str | None, timeout_s: float) -> tuple[l
         if info.type == fs.FileType.File:
             files = [path]
     if not files:
-        raise FileNotFoundError(f"data.source {source!r} at {endpoint}: no .parquet files under this prefix")
+        raise MissingFileError(f"data.source {source!r} at {endpoint}: no .parquet files under this prefix")
     return files, s3_filesystem(endpoint_url)
 
 
@@ -126,17 +128,17 @@ def _list_local(source: str) -> tuple[list[str], str]:
     if any(ch in source for ch in "*?["):
         files = sorted(os.path.abspath(p) for p in glob.glob(source, recursive=True) if os.path.isfile(p))
         if not files:
-            raise FileNotFoundError(f"data.source {source!r} matches no files")
+            raise MissingFileError(f"data.source {source!r} matches no files")
         root = os.path.abspath(source.split("*")[0].split("?")[0].split("[")[0])
         return files, root if os.path.isdir(root) else os.path.dirname(root)
     if not os.path.exists(source):
-        raise FileNotFoundError(f"data.source {source!r} does not exist")
+        raise MissingFileError(f"data.source {source!r} does not exist")
     path = os.path.abspath(source)
     if os.path.isfile(path):
         return [path], os.path.dirname(path)
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names if f.endswith(".parquet"))
     if not files:
-        raise FileNotFoundError(f"data.source {source!r} holds no .parquet files")
+        raise MissingFileError(f"data.source {source!r} holds no .parquet files")
     return files, path
 
 
@@ -155,7 +157,7 @@ def resolve(source: str, endpoint_url: str | None = None, *, partition_filter: M
             timeout_s: float = 10.0) -> Source:
     """List the parquet files of `source` (sorted), keeping only partitions in `partition_filter`."""
     if not source:
-        raise ValueError("data.source is empty: set it to a parquet directory, glob or s3:// URI")
+        raise InvalidInputError("data.source is empty: set it to a parquet directory, glob or s3:// URI")
     if source.startswith("s3://"):
         files, filesystem = _list_s3(source, endpoint_url, timeout_s)
         root: str = source.removeprefix("s3://").rstrip("/")
@@ -165,7 +167,7 @@ def resolve(source: str, endpoint_url: str | None = None, *, partition_filter: M
     if partition_filter:
         files = [f for f in files if partition_matches(hive_partitions(f, root), partition_filter)]
         if not files:
-            raise FileNotFoundError(f"data.source {source!r}: no files in partitions {dict(partition_filter)}")
+            raise MissingFileError(f"data.source {source!r}: no files in partitions {dict(partition_filter)}")
     return Source(files, filesystem, root, source)
 
 

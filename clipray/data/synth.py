@@ -20,6 +20,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image, ImageDraw
 
+from clipray.errors import InvalidInputError
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
     "green": (30, 170, 50),
@@ -211,7 +213,7 @@ def write_synthetic(out: str | Path, rows: int, *, shards: int = 4, seed: int = 
     """Write `out/train/part-*.parquet`, `out/eval/part-0.parquet` and `out/eval/classes.json`."""
     out = Path(out)
     if rows <= 0 or shards <= 0:
-        raise ValueError("rows and shards must be positive")
+        raise InvalidInputError("rows and shards must be positive")
     train = make_train_rows(rows, seed, image_size, bad_rows)
     # Bad rows were generated first; spread them so every shard mixes good and bad rows.
     order = np.random.default_rng([seed, 2]).permutation(rows)

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.data.ops.base import Batch, CountingStats, batch_len
+from clipray.errors import InvalidInputError
 
 if TYPE_CHECKING:
     import ray.data
@@ -120,7 +121,7 @@ def embed_dataset(config: PipelineConfig, state_dict: dict[str, Any], source: st
     from clipray.data.sources import read_parquet, resolve
 
     if modality not in ("image", "text"):
-        raise ValueError(f"modality must be 'image' or 'text', got {modality!r}")
+        raise InvalidInputError(f"modality must be 'image' or 'text', got {modality!r}")
     ds = read_parquet(resolve(source, config.data.endpoint_url), columns=columns)
     state_ref = ray.put(state_dict)
     cls: type[_Embedder] = ImageEmbedder if modality == "image" else TextEmbedder

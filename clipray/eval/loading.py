@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from clipray.config import PipelineConfig, load_config
+from clipray.errors import MissingFileError
 from clipray.train.context import STATE_FILE, load_state
 
 CHECKPOINT_TAG = "clipray.checkpoint"
@@ -36,7 +37,7 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
     path = Path(ref)
     if path.is_dir():
         if not (path / STATE_FILE).exists():
-            raise FileNotFoundError(f"--model {ref}: directory has no {STATE_FILE} (not a clipray checkpoint)")
+            raise MissingFileError(f"--model {ref}: directory has no {STATE_FILE} (not a clipray checkpoint)")
         state = load_state(path)
         return ModelSource(_config_from_state(state, ref), str(path.resolve()), None, int(state.get("step", 0)), state)
     if ref.startswith("models:/"):
@@ -57,16 +58,16 @@ def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
-        raise FileNotFoundError(f"--model {run_id}: neither a checkpoint directory nor a run in {uri} ({e})") from e
+        raise MissingFileError(f"--model {run_id}: neither a checkpoint directory nor a run in {uri} ({e})") from e
     checkpoint = run.data.tags.get(CHECKPOINT_TAG)
     if not checkpoint:
-        raise FileNotFoundError(f"run {run_id} has no {CHECKPOINT_TAG!r} tag: it finished without a checkpoint, "
+        raise MissingFileError(f"run {run_id} has no {CHECKPOINT_TAG!r} tag: it finished without a checkpoint, "
                                 f"or was trained before runs were tagged")
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run_id, "config.yaml", tmp)
         except MlflowException as e:
-            raise FileNotFoundError(f"run {run_id}: no config.yaml artifact ({e})") from e
+            raise MissingFileError(f"run {run_id}: no config.yaml artifact ({e})") from e
         config = load_config(data=yaml.safe_load(Path(local).read_text()))
     state = None
     if "://" in checkpoint or (Path(checkpoint) / STATE_FILE).exists():

@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from clipray.errors import InvalidInputError
 from clipray.eval.embed import EmbedOptions, collect, embed_dataset, embeddings
 from clipray.eval.loading import (
     CHECKPOINT_TAG,
@@ -76,7 +77,7 @@ def evaluate(model_ref: str, data: str, *, classes_file: str | None = None, name
     schema = pq.read_schema(files[0]).names
     missing = {config.data.image_column, "label"} - set(schema)
     if missing:
-        raise ValueError(f"evaluation set {data}: parquet lacks column(s) {sorted(missing)} (has {schema})")
+        raise InvalidInputError(f"evaluation set {data}: parquet lacks column(s) {sorted(missing)} (has {schema})")
     has_caption = "caption" in schema
     state_dict = load_state_dict(source)
     init_ray(config)
@@ -140,7 +141,7 @@ def embed(model_ref: str, data: str, out: str, *, modality: str, column: str | N
     col = column or (config.data.image_column if modality == "image" else config.data.caption_column)
     schema = pq.read_schema(parquet_files(data)[0]).names if "://" not in data else None
     if schema is not None and col not in schema:
-        raise ValueError(f"{data}: no column {col!r} to embed (has {schema})")
+        raise InvalidInputError(f"{data}: no column {col!r} to embed (has {schema})")
     keep = tuple(k for k in keep if schema is None or k in schema)
     init_ray(config)
     started = time.monotonic()

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from clipray.config import PipelineConfig
 from clipray.data.ops.base import CountingStats
 from clipray.data.pipeline import Preprocess
+from clipray.errors import MissingFileError
 from clipray.models.common.image import to_model_input
 from clipray.text import load_tokenizer
 
@@ -39,7 +40,7 @@ def load_classes(source: str, classes_file: str | None = None) -> tuple[list[str
     src = Path(source)
     path = Path(classes_file) if classes_file else (src.parent if src.suffix == ".parquet" else src) / "classes.json"
     if not path.exists():
-        raise FileNotFoundError(f"zero-shot classes file not found: {path} (a JSON object {{\"classes\": [...], "
+        raise MissingFileError(f"zero-shot classes file not found: {path} (a JSON object {{\"classes\": [...], "
                                 f"\"templates\": [...]}} beside the parquet files, or name one with --classes or "
                                 f"eval.classes_file)")
     meta = json.loads(path.read_text())
@@ -51,7 +52,7 @@ def load_classes(source: str, classes_file: str | None = None) -> tuple[list[str
 def parquet_files(source: str) -> list[Path]:
     files = sorted(Path(source).glob("*.parquet")) if Path(source).is_dir() else [Path(source)]
     if not files or not files[0].exists():
-        raise FileNotFoundError(f"no parquet files in the evaluation set {source}")
+        raise MissingFileError(f"no parquet files in the evaluation set {source}")
     return files
 
 

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from clipray.errors import UserError
+
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
 
@@ -21,7 +23,7 @@ AUTH_HELP = ("set RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token) 
              "on the head node `ray get-auth-token` prints it")
 
 
-class JobsError(RuntimeError):
+class JobsError(UserError, RuntimeError):
     """The cluster refused or could not be reached; the message says why and what to do."""
 
 

@@ -9,6 +9,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from clipray.errors import UnknownNameError
+
 DEFAULT_DB = "~/.clipray/scheduler.db"
 
 
@@ -66,7 +68,7 @@ def cmd_schedule_remove(args: argparse.Namespace) -> int:
     from clipray.schedule.store import ScheduleStore
 
     if not ScheduleStore(args.state).remove(args.name):
-        raise KeyError(f"no schedule {args.name!r} in {args.state}")
+        raise UnknownNameError(f"no schedule {args.name!r} in {args.state}")
     print(f"removed schedule {args.name}")
     return 0
 

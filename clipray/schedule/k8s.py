@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.errors import InvalidInputError
 from clipray.jobs.submit import is_relative_path, path_settings
 from clipray.schedule.store import Schedule
 
@@ -82,7 +83,7 @@ def configmap(s: Schedule, config: PipelineConfig) -> dict[str, Any]:
 def render(s: Schedule, kind: str = "RayCronJob", config: PipelineConfig | None = None) -> str:
     """Two YAML documents for `kubectl apply -f -`: the pipeline's ConfigMap and the schedule."""
     if kind not in ("RayCronJob", "CronJob"):
-        raise ValueError(f"unknown kind {kind!r}: RayCronJob or CronJob")
+        raise InvalidInputError(f"unknown kind {kind!r}: RayCronJob or CronJob")
     config = config or load_config(s.pipeline, s.overrides)
     name = f"clipray-{s.name}"
     if kind == "RayCronJob":

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.errors import InvalidInputError
 
 CHAMPION = "champion"
 METRIC = "eval/zeroshot_top1"
@@ -66,7 +67,7 @@ def select_partitions(config: PipelineConfig, key: str, values: list[str], all_v
     elif len(values) == 1:
         raw["data"]["source"] = f"{config.data.source.rstrip('/')}/{key}={values[0]}"
     else:
-        raise ValueError(f"data.source {config.data.source!r}: selecting partitions {values} needs "
+        raise InvalidInputError(f"data.source {config.data.source!r}: selecting partitions {values} needs "
                          "data.partition_filter support in clipray.data.sources")
     return load_config(data=raw)
 
@@ -133,7 +134,7 @@ def retrain(config: PipelineConfig, *, window: str, schedule: str, partition_key
     from clipray.train.launcher import train
 
     if not config.eval.zeroshot_source:
-        raise ValueError("retraining compares models on eval.zeroshot_source: set it")
+        raise InvalidInputError("retraining compares models on eval.zeroshot_source: set it")
     uri = resolve_tracking_uri(config.tracking.tracking_uri)
     config = dataclasses.replace(config, tracking=dataclasses.replace(config.tracking, tracking_uri=uri))
     name = config.tracking.registered_model or config.name

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from clipray.errors import InvalidInputError, UnknownNameError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS schedules (
     name TEXT PRIMARY KEY, cron TEXT NOT NULL, pipeline TEXT NOT NULL, overrides TEXT NOT NULL,
@@ -40,7 +42,7 @@ def validate_cron(cron: str) -> str:
     from croniter import croniter
 
     if not croniter.is_valid(cron):
-        raise ValueError(f"not a valid cron expression: {cron!r} (five fields, e.g. '0 3 * * *')")
+        raise InvalidInputError(f"not a valid cron expression: {cron!r} (five fields, e.g. '0 3 * * *')")
     return cron
 
 
@@ -85,7 +87,7 @@ class ScheduleStore:
                             (s.name, s.cron, s.pipeline, json.dumps(s.overrides), s.address, s.max_retries,
                              s.next_due, now))
         except sqlite3.IntegrityError:
-            raise ValueError(f"schedule {s.name!r} exists in {self.path}; remove it first") from None
+            raise InvalidInputError(f"schedule {s.name!r} exists in {self.path}; remove it first") from None
         return s
 
     def remove(self, name: str) -> bool:
@@ -100,7 +102,7 @@ class ScheduleStore:
         for s in self.schedules():
             if s.name == name:
                 return s
-        raise KeyError(f"no schedule {name!r} in {self.path}")
+        raise UnknownNameError(f"no schedule {name!r} in {self.path}")
 
     def claim_window(self, s: Schedule, window: str, submission_id: str, next_due: float) -> None:
         """Record the window's first submission and advance the schedule, atomically."""

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import regex
 
+from clipray.errors import InvalidInputError, MissingFileError
 from clipray.text.clean import (  # clean_text: also imported from here
     clean_text,
     clean_text_until,
@@ -54,7 +55,7 @@ def openai_vocab_path() -> Path:
         path = Path(location) / OPENAI_VOCAB_FILE
         if path.is_file():
             return path
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"tokenizer 'openai' needs {OPENAI_VOCAB_FILE}, which ships inside the open_clip_torch wheel "
         f"({'not installed' if not locations else 'file missing in ' + ', '.join(locations)}). Install it "
         "without its dependencies (`pip install --no-deps open_clip_torch==3.3.0`, done by `make install`) "
@@ -70,7 +71,7 @@ def fetch_to_local(uri: str) -> Path:
     if "://" not in uri:
         path = Path(uri).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(f"tokenizer vocabulary {uri!r} does not exist")
+            raise MissingFileError(f"tokenizer vocabulary {uri!r} does not exist")
         return path
     from pyarrow import fs
 
@@ -178,7 +179,7 @@ class ClipBPETokenizer:
         self.sot_id = int(self._backend.start_of_text())
         self.eot_id = int(self._backend.end_of_text())
         if (self.sot_id, self.eot_id) != (self.vocab_size - 2, self.vocab_size - 1):
-            raise ValueError(f"{path}: unexpected special ids {self.sot_id}, {self.eot_id} for {len(merges)} merges")
+            raise InvalidInputError(f"{path}: unexpected special ids {self.sot_id}, {self.eot_id} for {len(merges)} merges")
         self.context_length = context_length
         self.source = str(path)
         self._merges = merges
@@ -243,7 +244,7 @@ class TrainedBPETokenizer:
         self.vocab_size = self._backend.get_vocab_size(with_added_tokens=True)
         sot, eot = self._backend.token_to_id(SOT_TEXT), self._backend.token_to_id(EOT_TEXT)
         if sot is None or eot != self.vocab_size - 1:
-            raise ValueError(f"{path}: not a clipray tokenizer file (needs {SOT_TEXT} and {EOT_TEXT} as the last ids)")
+            raise InvalidInputError(f"{path}: not a clipray tokenizer file (needs {SOT_TEXT} and {EOT_TEXT} as the last ids)")
         self.sot_id: int = sot
         self.eot_id: int = eot
         self.context_length = context_length

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from clipray.errors import InvalidInputError, MissingFileError
+
 DEFAULT_FONT = "/usr/share/unifont/unifont.hex"
 FONT_HELP = (
     "GNU Unifont is needed to render text: `apt-get install unifont` (Debian/Ubuntu; it ships "
@@ -46,7 +48,7 @@ def read_hex_font(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"font {str(path)!r} does not exist. {FONT_HELP}")
+        raise MissingFileError(f"font {str(path)!r} does not exist. {FONT_HELP}")
     opener = gzip.open if path.suffix == ".gz" else open
     bitmaps = np.zeros((NUM_CODEPOINTS + 1, GLYPH, GLYPH), dtype=bool)
     covered = np.zeros(NUM_CODEPOINTS + 1, dtype=bool)
@@ -56,7 +58,7 @@ def read_hex_font(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
             if not sep or len(code) > 4:  # plane 1+ glyphs (unifont_upper) lie beyond the table
                 if sep:
                     continue
-                raise ValueError(f"{path}:{lineno}: not a Unifont .hex line")
+                raise InvalidInputError(f"{path}:{lineno}: not a Unifont .hex line")
             cp = int(code, 16)
             raw = np.frombuffer(bytes.fromhex(bits), dtype=np.uint8)
             if raw.size == 16:
@@ -65,10 +67,10 @@ def read_hex_font(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]
             elif raw.size == 32:
                 bitmaps[cp] = np.unpackbits(raw).reshape(GLYPH, GLYPH)
             else:
-                raise ValueError(f"{path}:{lineno}: glyph of {raw.size} bytes (expected 16 or 32)")
+                raise InvalidInputError(f"{path}:{lineno}: glyph of {raw.size} bytes (expected 16 or 32)")
             covered[cp] = True
     if not covered.any():
-        raise ValueError(f"{path}: no glyphs read. {FONT_HELP}")
+        raise InvalidInputError(f"{path}: no glyphs read. {FONT_HELP}")
     return bitmaps, covered
 
 
@@ -110,7 +112,7 @@ def glyph_tables(font: str | os.PathLike[str], **options: int) -> dict[str, np.n
     only costs the rebuild."""
     path = Path(font)
     if not path.is_file():
-        raise FileNotFoundError(f"font {str(path)!r} does not exist. {FONT_HELP}")
+        raise MissingFileError(f"font {str(path)!r} does not exist. {FONT_HELP}")
     key = hashlib.sha256(path.read_bytes())
     key.update(json.dumps({"options": options, "version": GLYPH_TABLE_VERSION}, sort_keys=True).encode())
     entry = glyph_cache_dir() / f"unifont-{key.hexdigest()[:24]}"

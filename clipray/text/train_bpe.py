@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from clipray.errors import InvalidInputError, MissingFileError, UnknownNameError
 from clipray.text.bpe import EOT_TEXT, SOT_TEXT, clean_text
 
 MIN_VOCAB_SIZE = 256 + 2  # every byte, then start- and end-of-text
@@ -24,7 +25,7 @@ def read_captions(source: str, column: str = "caption", limit: int | None = None
     """Captions from parquet (file, directory or glob; `column`) or a text file (one per line)."""
     paths = sorted(glob.glob(source)) if any(c in source for c in "*?[") else [source]
     if not paths or not all(os.path.exists(p) for p in paths):
-        raise FileNotFoundError(f"caption corpus {source!r} does not exist")
+        raise MissingFileError(f"caption corpus {source!r} does not exist")
     n = 0
     if all(p.endswith((".txt", ".txt.gz")) for p in paths):
         import gzip
@@ -41,7 +42,7 @@ def read_captions(source: str, column: str = "caption", limit: int | None = None
 
     dataset = pads.dataset(paths if len(paths) > 1 else paths[0], format="parquet")
     if column not in dataset.schema.names:
-        raise KeyError(f"{source}: no column {column!r} (columns: {', '.join(dataset.schema.names)})")
+        raise UnknownNameError(f"{source}: no column {column!r} (columns: {', '.join(dataset.schema.names)})")
     for batch in dataset.to_batches(columns=[column]):
         for caption in batch.column(0).to_pylist():
             if limit is not None and n >= limit:
@@ -56,7 +57,7 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, *, min_frequency: 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < MIN_VOCAB_SIZE:
-        raise ValueError(f"vocab_size {vocab_size} is too small: the 256 byte symbols and SOT/EOT need "
+        raise InvalidInputError(f"vocab_size {vocab_size} is too small: the 256 byte symbols and SOT/EOT need "
                          f"{MIN_VOCAB_SIZE}")
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)

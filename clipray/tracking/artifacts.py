@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from clipray.config import PipelineConfig
+from clipray.errors import MissingFileError
 
 
 @contextmanager
@@ -158,6 +159,6 @@ def first_source_file(config: PipelineConfig) -> tuple[str, Any]:
     if filesystem is None and Path(paths).is_dir():
         files = sorted(Path(paths).rglob("*.parquet"))
         if not files:
-            raise FileNotFoundError(f"data.source {config.data.source!r} holds no parquet file")
+            raise MissingFileError(f"data.source {config.data.source!r} holds no parquet file")
         return str(files[0]), None
     return paths, filesystem

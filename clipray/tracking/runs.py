@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from clipray.errors import UnknownNameError
+
 KEY_METRICS = ("train/loss", "eval/zeroshot_top1", "train/samples_per_s", "data/rows_out")
 
 
@@ -23,7 +25,7 @@ def recent_runs(tracking_uri: str, experiment: str | None = None, limit: int = 1
     if experiment:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
-            raise KeyError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
+            raise UnknownNameError(f"no MLflow experiment {experiment!r} at {tracking_uri}")
         ids = [exp.experiment_id]
     else:
         ids = [e.experiment_id for e in client.search_experiments()]

@@ -27,6 +27,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config
 from clipray.config.load import ConfigError, build
+from clipray.errors import InvalidInputError
 
 
 @dataclass(kw_only=True)
@@ -39,10 +40,10 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not self.variants:
-            raise ValueError("a sweep needs at least one entry under variants")
+            raise InvalidInputError("a sweep needs at least one entry under variants")
         for name, overrides in self.variants.items():
             if not isinstance(overrides, Mapping):
-                raise ValueError(f"variants.{name} must map config keys to values, got {overrides!r}")
+                raise InvalidInputError(f"variants.{name} must map config keys to values, got {overrides!r}")
 
 
 @dataclass

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from clipray.errors import InvalidInputError
 from clipray.models.clip import from_openai_state_dict
 from clipray.models.clip.state_dict_adapter import load_init
 from tests.support.seeded_weights import seeded_inputs, seeded_state_dict
@@ -110,7 +111,7 @@ def test_init_from_a_mismatching_file_names_it(tmp_path: Path):
 
 
 def test_unknown_layout_is_a_clear_error():
-    with pytest.raises(KeyError, match="missing text_projection"):
+    with pytest.raises(InvalidInputError, match="missing text_projection"):
         from_openai_state_dict({"foo": torch.zeros(1)})
 
 

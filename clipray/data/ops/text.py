@@ -9,6 +9,7 @@ import numpy as np
 import regex
 
 from clipray.data.ops.base import Batch, DropStats, drop_where, op_registry
+from clipray.errors import MissingFileError
 
 _WHITESPACE = regex.compile(r"[\s\u200b\u200c\u200d\u2060\ufeff]+")
 
@@ -112,7 +113,7 @@ class RenderText:
         try:
             self.renderer = UnifontRenderer(font, image_size=image_size)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f"text.font: {e}") from None
+            raise MissingFileError(f"text.font: {e}") from None
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch:
         batch = dict(batch)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from clipray.config.schema import ModelConfig, TextTowerConfig, VisionConfig
+from clipray.errors import UnknownNameError
 
 _TEXT_512 = {"context_length": 77, "vocab_size": 49408, "width": 512, "layers": 12, "heads": 8}
 
@@ -27,7 +28,7 @@ PRESETS: dict[str, dict] = {
 def preset(name: str, **overrides: object) -> ModelConfig:
     """ModelConfig of a named size; `overrides` set top-level ModelConfig fields (e.g. quick_gelu)."""
     if name not in PRESETS:
-        raise KeyError(f"unknown CLIP preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+        raise UnknownNameError(f"unknown CLIP preset {name!r}; known: {', '.join(sorted(PRESETS))}")
     p = PRESETS[name]
     fields: dict[str, object] = {"embed_dim": p["embed_dim"], "vision": VisionConfig(**p["vision"]),
                                  "text": TextTowerConfig(**p["text"]), **overrides}

@@ -17,6 +17,7 @@ import torch
 
 from clipray.config.schema import ModelConfig, TextTowerConfig, VisionConfig
 from clipray.data.sources import read_bytes
+from clipray.errors import InvalidInputError
 
 JIT_EXTRAS = ("input_resolution", "context_length", "vocab_size")
 
@@ -32,7 +33,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], *, quick_gelu: bool = T
     missing = [k for k in ("text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight")
                if k not in sd]
     if missing:
-        raise KeyError(f"not an OpenAI/open_clip CLIP state dict: missing {', '.join(missing)}")
+        raise InvalidInputError(f"not an OpenAI/open_clip CLIP state dict: missing {', '.join(missing)}")
     if "visual.proj" in sd:
         width, _, patch, _ = sd["visual.conv1.weight"].shape
         grid = round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1))
@@ -47,7 +48,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], *, quick_gelu: bool = T
         vision = VisionConfig(kind="resnet", image_size=grid * 32, width=width, layers_per_stage=stages,
                               heads=vision_heads or max(1, width * 32 // 64))
     else:
-        raise KeyError("cannot tell the image tower: neither visual.proj (ViT) nor visual.attnpool.* (ResNet)")
+        raise InvalidInputError("cannot tell the image tower: neither visual.proj (ViT) nor visual.attnpool.* (ResNet)")
     text_width = sd["ln_final.weight"].shape[0]
     text = TextTowerConfig(context_length=sd["positional_embedding"].shape[0],
                            vocab_size=sd["token_embedding.weight"].shape[0], width=text_width,
@@ -102,7 +103,7 @@ def read_state_dict(path_or_uri: str) -> dict[str, Any]:
     elif isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
-        raise ValueError(f"model.init_from {path_or_uri}: expected a state dict, got {type(obj).__name__}")
+        raise InvalidInputError(f"model.init_from {path_or_uri}: expected a state dict, got {type(obj).__name__}")
     return clean_state_dict(obj)
 
 
@@ -113,6 +114,6 @@ def load_init(model: torch.nn.Module, path_or_uri: str) -> None:
     bad = [f"{k} {tuple(v.shape)} != {tuple(own[k].shape)}" for k, v in sd.items() if k in own and v.shape != own[k].shape]
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if bad or missing or unexpected:
-        raise ValueError(f"model.init_from {path_or_uri} does not fit model.* : shape mismatches {bad[:5]}, "
+        raise InvalidInputError(f"model.init_from {path_or_uri} does not fit model.* : shape mismatches {bad[:5]}, "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in sd.items()})
