@@ -29,8 +29,11 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from seeded_weights import seeded_state_dict  # noqa: E402
+try:
+    from tests.support.seeded_weights import seeded_state_dict
+except ImportError:  # run as a script: the repository root is not on the path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from seeded_weights import seeded_state_dict
 
 OUT = Path(__file__).resolve().parents[1] / "data" / "open_clip_step_golden.npz"
 SEED = 2026
