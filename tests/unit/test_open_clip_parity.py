@@ -21,6 +21,7 @@ import torch
 
 from clipray.config import PipelineConfig, load_config
 from clipray.models import build_model
+from clipray.models.clip.presets import preset
 from clipray.train.context import LocalContext, load_state
 from clipray.train.loop import train_loop
 from clipray.train.optim import build_optimizer, lr_factor
@@ -151,6 +152,13 @@ def test_schedule_and_weight_decay_groups_are_open_clips():
               .param_groups}
     assert groups[0.0] == set(g["no_decay"].tolist())
     assert groups[ref.WD] == set(names.values()) - set(g["no_decay"].tolist())
+    # A ModifiedResNet tower (BatchNorm, attention pool) too, by open_clip's rule on its names.
+    rn = build_model(preset("rn-tiny"))
+    rn_names = {id(p): n for n, p in rn.named_parameters()}
+    no_decay = [p for pg in build_optimizer(rn, cfg.optim).param_groups if pg["weight_decay"] == 0 for p in pg["params"]]
+    assert {rn_names[id(p)] for p in no_decay} == {n for n, p in rn.named_parameters()
+                                                   if ref.open_clip_excludes_from_decay(n, p.ndim)}
+    assert any("bn" in rn_names[id(p)] for p in no_decay)
 
 
 def test_k_steps_equal_open_clip_train(tmp_path):
