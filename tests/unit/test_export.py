@@ -109,22 +109,50 @@ def inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def exported(trained, inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Both formats written by `clipray export` (the folder from the run id, the OpenAI file from the
-    checkpoint directory) and open_clip's embeddings through each, from one reference process."""
-    python = reference_python()
-    _, ckpt, run_id, uri = trained
+def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Path]:
+    """A ModifiedResNet-tower CLIP checkpoint with seeded weights (BatchNorm statistics included)."""
+    from clipray.models import build_model
+    from tests.support.seeded_weights import seeded_state_dict
+
+    config = tiny_config("model.vision.kind=resnet", "model.vision.width=8", "model.vision.layers_per_stage=[1,1,1,1]",
+                         "model.vision.heads=4")
+    model = build_model(config.model)
+    shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    model.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(shapes, 3).items()})
+    ckpt = tmp_path_factory.mktemp("rn") / "ckpt"
+    ckpt.mkdir()
+    save_state({"objective": {"model": model.state_dict()}, "config": to_dict(config), "step": 0}, ckpt)
+    return config, ckpt
+
+
+@pytest.fixture(scope="module")
+def reference() -> str:
+    return reference_python()
+
+
+@pytest.fixture(scope="module")
+def exported(reference, trained, resnet, inputs, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Both formats written by `clipray export` for both towers (the ViT folder from its run id, the
+    rest from checkpoint directories) and open_clip's embeddings through each, from one reference
+    process (starting it is most of the time)."""
+    vit_config, vit_ckpt, run_id, uri = trained
+    rn_config, rn_ckpt = resnet
     tmp = tmp_path_factory.mktemp("exported")
-    assert main(["export", run_id, "--format", "open_clip", "--out", str(tmp / "oc"), "--tracking-uri", uri]) == 0
-    assert main(["export", str(ckpt), "--format", "openai", "--out", str(tmp / "oa")]) == 0
-    jobs = [f"local-dir:{tmp / 'oc'}={tmp / 'oc.npz'}", f"openai:{tmp / 'oa' / 'model.pt'}={tmp / 'oa.npz'}"]
-    proc = subprocess.run([python, str(EMBED_SCRIPT), str(inputs["json"]), *jobs], capture_output=True, text=True,
+    out: dict[str, Any] = {}
+    jobs = []
+    for tower, ref, config, ckpt in (("vit", run_id, vit_config, vit_ckpt), ("rn", str(rn_ckpt), rn_config, rn_ckpt)):
+        oc, oa = tmp / f"{tower}-oc", tmp / f"{tower}-oa"
+        assert main(["export", ref, "--format", "open_clip", "--out", str(oc), "--tracking-uri", uri]) == 0
+        assert main(["export", str(ckpt), "--format", "openai", "--out", str(oa)]) == 0
+        jobs += [f"local-dir:{oc}={tmp / f'{tower}-oc.npz'}", f"openai:{oa / 'model.pt'}={tmp / f'{tower}-oa.npz'}"]
+        out[tower] = {"config": config, "ckpt": ckpt, "open_clip_dir": oc}
+    proc = subprocess.run([reference, str(EMBED_SCRIPT), str(inputs["json"]), *jobs], capture_output=True, text=True,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out: dict[str, Any] = {"open_clip_dir": tmp / "oc"}
-    for name in ("oc", "oa"):
-        with np.load(tmp / f"{name}.npz") as f:
-            out[name] = {k: f[k] for k in f.files}
+    for tower in ("vit", "rn"):
+        for fmt in ("oc", "oa"):
+            with np.load(tmp / f"{tower}-{fmt}.npz") as f:
+                out[tower][fmt] = {k: f[k] for k in f.files}
     return out
 
 
@@ -146,29 +174,35 @@ def max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())  # unit vectors: absolute = relative
 
 
-def test_open_clip_folder_from_a_run_id_loads_and_embeds_identically(trained, inputs, exported):
-    config, ckpt, run_id, _ = trained
-    meta = json.loads((exported["open_clip_dir"] / OPEN_CLIP_CONFIG).read_text())
+@pytest.mark.parametrize("tower", ["vit", "rn"])
+def test_open_clip_folder_loads_and_embeds_identically(exported, trained, inputs, tower):
+    e = exported[tower]
+    meta = json.loads((e["open_clip_dir"] / OPEN_CLIP_CONFIG).read_text())
     assert meta["preprocess_cfg"]["mean"] == list(MEAN) and meta["preprocess_cfg"]["std"] == list(STD)
     assert meta["preprocess_cfg"]["size"] == SIZE and meta["model_cfg"]["quick_gelu"] is True
-    assert meta["clipray"]["run_id"] == run_id and meta["clipray"]["step"] == 2
-    ref, ours = exported["oc"], clipray_embeddings(config, ckpt, inputs)
+    if tower == "vit":  # exported from its MLflow run id
+        assert meta["clipray"]["run_id"] == trained[2] and meta["clipray"]["step"] == 2
+    else:
+        assert meta["model_cfg"]["vision_cfg"]["layers"] == [1, 1, 1, 1]
+    ref, ours = e["oc"], clipray_embeddings(e["config"], e["ckpt"], inputs)
     from clipray.text import load_tokenizer
 
     assert np.array_equal(ref["ids"], load_tokenizer("openai", 16)(TEXTS))  # open_clip's tokenizer, same ids
     diffs = {k: max_diff(ours[k], ref[k]) for k in ("image", "text", "pixels")}
-    print(f"open_clip folder vs clipray: max |diff| {diffs}")
+    print(f"{tower}: open_clip folder vs clipray: max |diff| {diffs}")
     assert max(diffs.values()) <= TOL, diffs
-    assert np.abs(ours["text"] @ ours["text"].T - np.eye(len(TEXTS))).max() > 1e-2  # distinct embeddings
+    for k in ("image", "text"):  # distinct inputs, distinct embeddings: nothing degenerate compared
+        assert np.abs(ours[k] @ ours[k].T - np.eye(len(ours[k]))).max() > 1e-2
 
 
-def test_openai_file_from_a_checkpoint_loads_and_embeds_identically(trained, inputs, exported):
-    config, ckpt, _, _ = trained
-    ref, ours = exported["oa"], clipray_embeddings(config, ckpt, inputs)
+@pytest.mark.parametrize("tower", ["vit", "rn"])
+def test_openai_file_loads_and_embeds_identically(exported, inputs, tower):
+    e = exported[tower]
+    ref, ours = e["oa"], clipray_embeddings(e["config"], e["ckpt"], inputs)
     # The OpenAI format has no preprocessing config (open_clip applies OpenAI's mean/std), so only
     # the model is compared on images: the same normalised pixels in, the same embeddings out.
     diffs = {k: max_diff(ours[k], ref[k]) for k in ("text", "pixels")}
-    print(f"OpenAI file vs clipray: max |diff| {diffs}")
+    print(f"{tower}: OpenAI file vs clipray: max |diff| {diffs}")
     assert max(diffs.values()) <= TOL, diffs
 
 
