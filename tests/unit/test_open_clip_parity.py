@@ -143,6 +143,7 @@ def _without_key_bias(got: np.ndarray, want: np.ndarray, start: np.ndarray,
 def test_schedule_and_weight_decay_groups_are_open_clips():
     """cosine_lr's warm-up + cosine and main.py's no-decay rule, before any training."""
     g = golden()
+    assert str(g["open_clip_version"]) == "3.3.0"
     cfg = open_clip_config(1, "")
     for step, lr in enumerate(g["w1_lrs"]):
         assert math.isclose(ref.LR * lr_factor(step, cfg.optim, ref.STEPS), lr, rel_tol=1e-12), step
