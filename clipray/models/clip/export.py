@@ -50,11 +50,15 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
 def check_exportable(config: PipelineConfig, fmt: str) -> None:
     """Raise ExportError unless open_clip / OpenAI's loaders compute exactly what clipray does."""
     m = config.model
-    if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    _check_format(fmt)
     if m.family != "clip":
         why = {"clippo": "one ViT shared by images and rendered text", "albef": "a fusion encoder with ITM/MLM heads"}
         raise ExportError(f"model.family={m.family} ({why.get(m.family, 'not a CLIP dual encoder')}) has no "
@@ -115,8 +119,7 @@ def export_model(ref: str, fmt: str, out: str | Path, tracking_uri: str | None =
 
     from clipray.eval.loading import build_loaded_model, load_state_dict, resolve_model
 
-    if fmt not in FORMATS:
-        raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    _check_format(fmt)  # before the model is looked up
     source = resolve_model(ref, tracking_uri)
     config = source.config
     check_exportable(config, fmt)
