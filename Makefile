@@ -32,7 +32,8 @@ demo: install
 	@test -f $(DEMO_DATA)/eval/classes.json || $(VENV)/bin/clipray synth --out $(DEMO_DATA) --rows 16000 --shards 8 --seed 0 --bad-rows 12
 	$(VENV)/bin/clipray train pipelines/demo.yaml
 
-test: install
+# reference-env: open_clip in .refenv/, which the open_clip export round trip runs (CI=1 fails without it)
+test: install reference-env
 	$(VENV)/bin/ruff check clipray tests
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -ra
