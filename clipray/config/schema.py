@@ -275,8 +275,17 @@ class TrainConfig:
                 raise ValueError(f"train.resources_per_worker.{name}: set train.cpus_per_worker / train.use_gpu instead")
             if amount < 0:
                 raise ValueError(f"train.resources_per_worker.{name} must not be negative, got {amount}")
-        for w in sorted({lo, hi}):
-            self.local_batch_size(w)
+        # Every world size an elastic run may restart at, not only the two ends: [2, 4] with a
+        # global batch of 16 would otherwise load, then fail at each restart on 3 workers.
+        bad = [w for w in range(lo, hi + 1) if self.global_batch_size % (w * self.micro_batches)]
+        if bad and lo == hi:
+            self.local_batch_size(lo)
+        if bad:
+            raise ValueError(
+                f"train.global_batch_size ({self.global_batch_size}) must be divisible by every world size of "
+                f"train.num_workers [{lo}, {hi}] times train.micro_batches ({self.micro_batches}), and is not at "
+                f"{', '.join(map(str, bad[:-1])) + ' and ' if len(bad) > 1 else ''}{bad[-1]} workers"
+            )
 
     @property
     def worker_range(self) -> tuple[int, int]:
@@ -337,6 +346,18 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         if self.model.family == "clippo" and self.text.kind != "pixels":
             raise ValueError("model.family=clippo reads rendered text images: set text.kind=pixels")
+        # Gradient caching needs a tower whose output for a row does not depend on the other rows
+        # of its micro-batch. BatchNorm normalises in training by the micro-batch's statistics, so
+        # a ResNet tower would see other statistics (and update its running ones differently) than
+        # in one pass over the whole batch: the loss and gradient would silently be other ones.
+        if self.train.micro_batches > 1 and self.model.vision.kind == "resnet":
+            raise ValueError(f"train.micro_batches={self.train.micro_batches} (gradient caching) is not exact with "
+                             "model.vision.kind=resnet: its BatchNorm layers normalise each micro-batch by its own "
+                             "statistics; set train.micro_batches=1")
+        # ALBEF's momentum queues and hard negatives are per step and its step is one DDP module.
+        if self.model.family == "albef" and (self.train.micro_batches != 1 or self.train.parallel != "ddp"):
+            raise ValueError("model.family=albef trains with train.micro_batches=1 and train.parallel=ddp (its "
+                             "momentum queues and in-batch hard negatives are per step)")
 
     @property
     def per_worker_batch_size(self) -> int:

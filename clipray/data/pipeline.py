@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from clipray.config.schema import DataConfig
     from clipray.data.ops.filters import Claims
     from clipray.data.stats import SharedDedup
+    from clipray.text.tokenizer import Tokenizer
 
 TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")  # the minimal chain
 OUTPUT_COLUMNS = ("key", "image", "tokens", "text_image")
@@ -259,8 +260,34 @@ def preflight(config: PipelineConfig) -> Source:
     tokenizer, a missing vocabulary or font file) is then one line from the command instead of a
     traceback from every preprocessing actor, after the cluster and the workers have started."""
     src = resolve_source(config)
-    build_ops(config, train=True)
+    ops = build_ops(config, train=True)
+    check_tokenizer(config, next((op.tokenizer for op in ops if hasattr(op, "tokenizer")), None))
     return src
+
+
+def check_tokenizer(config: PipelineConfig, tokenizer: Tokenizer | None = None, *, remote_ok: bool = False) -> None:
+    """For text.kind=tokens: model.text.vocab_size holds every id of text.tokenizer (a ConfigError
+    naming both sizes otherwise). Run before Ray starts by `preflight` and by `clipray submit`.
+
+    `remote_ok`: a vocabulary this machine cannot read (a URI, or an absolute path that exists only
+    on the cluster) is left to the job's own preflight, which runs before its training starts."""
+    import os
+
+    from clipray.config import ConfigError
+    from clipray.data.ops.text import Tokenize
+    from clipray.text.tokenizer import check_vocabulary_fits
+
+    spec = config.text.tokenizer
+    if config.text.kind != "tokens":
+        return
+    if remote_ok and tokenizer is None and ("://" in spec or (os.path.isabs(spec) and not os.path.exists(spec))):
+        return
+    if tokenizer is None:
+        tokenizer = Tokenize(config.text.tokenizer, config.model.text.context_length).tokenizer
+    try:
+        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text.tokenizer)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def list_source_files(config: PipelineConfig, source: str | None = None) -> list[str]:

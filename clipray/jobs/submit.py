@@ -92,8 +92,10 @@ def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (),
                 env_vars: dict[str, str] | None = None) -> PreparedJob:
     """Load and validate the pipeline here (errors before anything reaches the cluster)."""
     import clipray
+    from clipray.data.pipeline import check_tokenizer
 
     config = load_config(pipeline, overrides)
+    check_tokenizer(config, remote_ok=True)  # a vocabulary too large for the text tower never reaches the cluster
     resolved = resolve_for_job(config)
     runtime_env: dict[str, Any] = {
         "py_modules": [str(Path(clipray.__file__).parent)],

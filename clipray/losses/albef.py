@@ -96,14 +96,15 @@ def sample_hard_negatives(sim_i2t_local: torch.Tensor, sim_t2i_local: torch.Tens
 
 
 @torch.no_grad()
-def mask_tokens(ids: torch.Tensor, *, mask_id: int, vocab_size: int, probability: float,
+def mask_tokens(ids: torch.Tensor, *, pad: torch.Tensor, mask_id: int, regular_ids: int, probability: float,
                 special_ids: tuple[int, ...], generator: torch.Generator | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """BERT masking: `probability` of the real tokens are chosen (never padding 0 or
-    `special_ids`); of those 80% become `mask_id`, 10% a random id, 10% stay. Every row with a
+    """BERT masking: `probability` of the caption tokens are chosen (never padding, where `pad` is
+    True, nor `special_ids`); of those 80% become `mask_id`, 10% a random regular id (drawn from
+    [0, regular_ids): the tokenizer's ids below its special tokens), 10% stay. Every row with a
     maskable token gets at least one. Returns (masked ids, labels with -100 where not chosen)."""
     ids = ids.long()
-    eligible = ids != 0
+    eligible = ~pad
     for s in special_ids:
         eligible &= ids != s
     rand = torch.rand(ids.shape, device=ids.device, generator=generator)
@@ -118,7 +119,7 @@ def mask_tokens(ids: torch.Tensor, *, mask_id: int, vocab_size: int, probability
     masked = ids.clone()
     masked[chosen & (action < 0.8)] = mask_id
     swap = chosen & (action >= 0.8) & (action < 0.9)
-    random_ids = torch.randint(1, vocab_size, ids.shape, device=ids.device, generator=generator)
+    random_ids = torch.randint(0, regular_ids, ids.shape, device=ids.device, generator=generator)
     masked[swap] = random_ids[swap]
     return masked, labels
 

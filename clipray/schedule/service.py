@@ -5,7 +5,9 @@ window (deterministic id `clipray-<schedule>-<window>-a0`) and advance the sched
 while the scheduler was down collapse into one run, because a retraining run takes every partition
 that arrived since the last successful one anyway; (2) send every `pending` submission (again,
 after a restart: Ray refuses the duplicate id and the submission counts as sent); (3) poll the
-open ones; a FAILED run is resubmitted as attempt n+1 of the same window up to `max_retries`.
+open ones; a FAILED (or STOPPED) run is resubmitted as attempt n+1 of the same window up to
+`max_retries`, and so is a `lost` one, which the cluster no longer knows (a new head, a deleted
+job); with no retries left the submission ends `failed` or `lost`, with the reason as its message.
 The job itself (`clipray retrain`) makes a repeated window harmless: it never registers twice.
 """
 
@@ -84,8 +86,9 @@ class Scheduler:
         except RuntimeError as e:
             if "does not exist" not in str(e):
                 raise
-            # The cluster lost the job (e.g. a new head): send it again under the same id.
-            self.store.set_status(sub.submission_id, "pending")
+            # The cluster no longer knows the job (a new head, a deleted job): whether it ran is
+            # unknown, so the window is retried like a failed run, within the same bound.
+            self._ended(s, sub, "lost", f"the cluster at {client.get_address()} no longer knows this job")
             return
         status = status_name(info)
         if status in ("PENDING", "RUNNING"):
@@ -93,12 +96,18 @@ class Scheduler:
         if status == "SUCCEEDED":
             self.store.set_status(sub.submission_id, "succeeded")
             self.log(f"[scheduler] {s.name}: {sub.submission_id} succeeded")
-        elif sub.attempt < s.max_retries:
-            self.store.add_retry(sub, submission_id(s.name, sub.window, sub.attempt + 1))
-            self.log(f"[scheduler] {s.name}: {sub.submission_id} {status.lower()}, retrying window {sub.window}")
         else:
-            self.store.set_status(sub.submission_id, "failed", (info.message or "")[-2000:])
-            self.log(f"[scheduler] {s.name}: {sub.submission_id} {status.lower()}; no retries left")
+            self._ended(s, sub, "failed", f"{status.lower()}: {info.message or ''}"[-2000:])
+
+    def _ended(self, s: Schedule, sub: Submission, status: str, message: str) -> None:
+        """A run that did not succeed: attempt n+1 of its window, or `status` when no retries are left."""
+        if sub.attempt < s.max_retries:
+            self.store.add_retry(sub, submission_id(s.name, sub.window, sub.attempt + 1),
+                                 status="retried" if status == "failed" else status, message=message)
+            self.log(f"[scheduler] {s.name}: {sub.submission_id} {status} ({message}), retrying window {sub.window}")
+        else:
+            self.store.set_status(sub.submission_id, status, message)
+            self.log(f"[scheduler] {s.name}: {sub.submission_id} {status} ({message}); no retries left")
 
     def run_forever(self, interval_s: float = 30.0) -> None:
         while True:

@@ -111,9 +111,13 @@ class ScheduleStore:
             self.db.execute("INSERT OR IGNORE INTO submissions VALUES (?,?,?,?,?,?,?)",
                             (submission_id, s.name, window, 0, "pending", None, time.time()))
 
-    def add_retry(self, prev: Submission, submission_id: str) -> None:
+    def add_retry(self, prev: Submission, submission_id: str, status: str = "retried",
+                  message: str | None = None) -> None:
+        """End `prev` with `status` (`retried`, or `lost` for a job the cluster forgot) and record
+        the next attempt of its window as pending, atomically."""
         with self._tx():
-            self.db.execute("UPDATE submissions SET status='retried' WHERE submission_id=?", (prev.submission_id,))
+            self.db.execute("UPDATE submissions SET status=?, message=?, updated=? WHERE submission_id=?",
+                            (status, message, time.time(), prev.submission_id))
             self.db.execute("INSERT OR IGNORE INTO submissions VALUES (?,?,?,?,?,?,?)",
                             (submission_id, prev.schedule, prev.window, prev.attempt + 1, "pending", None,
                              time.time()))

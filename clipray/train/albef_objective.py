@@ -33,6 +33,8 @@ from clipray.losses.albef import (
 )
 from clipray.models.albef.model import ALBEF
 from clipray.models.common.image import to_model_input
+from clipray.models.common.text import padding_mask
+from clipray.text.tokenizer import check_vocabulary_fits, load_tokenizer
 from clipray.train.objectives import Objective, Report, build_initial_model, objective_registry
 from clipray.train.parallel import Parallel
 
@@ -44,14 +46,15 @@ class AlbefStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, ids: torch.Tensor, masked_ids: torch.Tensor, mlm_labels: torch.Tensor,
+    def forward(self, images: torch.Tensor, ids: torch.Tensor, pad: torch.Tensor, masked_ids: torch.Tensor,
+                mlm_labels: torch.Tensor,
                 image_keys: torch.Tensor, text_keys: torch.Tensor, sim_i2t_m: torch.Tensor, sim_t2i_m: torch.Tensor,
                 mlm_logits_m: torch.Tensor | None, alpha: float) -> dict[str, torch.Tensor]:
         m = self.model
         b = images.shape[0]
         image_tokens = m.image_tokens(images)
         image_feat = m.image_feat(image_tokens)
-        hidden = m.text_hidden(ids)
+        hidden = m.text_hidden(ids, pad)
         text_feat = m.text_feat(hidden)
 
         sim_i2t = image_feat @ text_keys.T / m.temp
@@ -60,13 +63,13 @@ class AlbefStep(nn.Module):
 
         neg_image, neg_text = sample_hard_negatives(sim_i2t[:, :b], sim_t2i[:, :b])
         fused = m.fuse(torch.cat([hidden, hidden, hidden[neg_text]]),
-                       torch.cat([ids, ids, ids[neg_text]]),
+                       torch.cat([pad, pad, pad[neg_text]]),
                        torch.cat([image_tokens, image_tokens[neg_image], image_tokens]))
         itm_labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(images.device)
         itm = F.cross_entropy(m.itm_logits(fused).float(), itm_labels)
 
         sel = mlm_labels != -100  # score only the masked positions (M of B x L)
-        mlm_logits = m.mlm_logits(m.fuse(m.text_hidden(masked_ids), masked_ids, image_tokens)[sel])
+        mlm_logits = m.mlm_logits(m.fuse(m.text_hidden(masked_ids, pad), pad, image_tokens)[sel])
         mlm = distilled_mlm(mlm_logits, mlm_labels[sel], mlm_logits_m, alpha)
         return {"loss": itc + itm + mlm, "itc_loss": itc, "itm_loss": itm, "mlm_loss": mlm}
 
@@ -93,8 +96,13 @@ class AlbefObjective(Objective):
         self.text_queue = FeatureQueue(self.cfg.queue_size, dim, device)
         self.steps = 0
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        vocab = config.model.text.vocab_size
-        self.sot_id = vocab - 2  # clipray tokenizers: SOT = vocab - 2 acts as [CLS], never masked
+        # The special ids are the tokenizer's own (a trained vocabulary puts them far below
+        # model.text.vocab_size): SOT acts as [CLS]; neither SOT nor EOT is masked, and random
+        # replacements are drawn from the ids below them (every tokenizer puts its specials last).
+        tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
+        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text.tokenizer)
+        self.sot_id, self.eot_id = tokenizer.sot_id, tokenizer.eot_id
+        self.regular_ids = min(self.sot_id, self.eot_id)
 
     def alpha(self) -> float:
         if self.cfg.alpha_warmup_steps <= 0:
@@ -108,16 +116,16 @@ class AlbefObjective(Objective):
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], Report]:
         images = to_model_input(batch["image"].to(self.device, non_blocking=True), self.mean, self.std)
         ids = batch["tokens"].to(self.device, non_blocking=True).long()
-        vocab = self.config.model.text.vocab_size
-        masked, labels = mask_tokens(ids, mask_id=self.module.mask_id, vocab_size=vocab - 2,
-                                     probability=self.cfg.mlm_probability, special_ids=(self.sot_id,))
+        pad = padding_mask(ids)  # of the unmasked ids: a masked caption may have lost its EOT
+        masked, labels = mask_tokens(ids, pad=pad, mask_id=self.module.mask_id, regular_ids=self.regular_ids,
+                                     probability=self.cfg.mlm_probability, special_ids=(self.sot_id, self.eot_id))
         alpha = self.alpha()
         with torch.no_grad():
             self.module.clamp_temp()
             mm = self.momentum
             image_tokens_m = mm.image_tokens(images)
             image_feat_m = mm.image_feat(image_tokens_m).float()
-            text_feat_m = mm.text_feat(mm.text_hidden(ids)).float()
+            text_feat_m = mm.text_feat(mm.text_hidden(ids, pad)).float()
             image_keys = torch.cat([image_feat_m, self.image_queue.keys()])
             text_keys = torch.cat([text_feat_m, self.text_queue.keys()])
             temp = self.module.temp.detach()
@@ -125,9 +133,9 @@ class AlbefObjective(Objective):
             sim_t2i_m = text_feat_m @ image_keys.T / temp
             mlm_logits_m = None
             if alpha > 0:
-                fused_m = mm.fuse(mm.text_hidden(masked), masked, image_tokens_m)
+                fused_m = mm.fuse(mm.text_hidden(masked, pad), pad, image_tokens_m)
                 mlm_logits_m = mm.mlm_logits(fused_m[labels != -100])
-        losses = self.model(images, ids, masked, labels, image_keys, text_keys, sim_i2t_m, sim_t2i_m,
+        losses = self.model(images, ids, pad, masked, labels, image_keys, text_keys, sim_i2t_m, sim_t2i_m,
                             mlm_logits_m, alpha)
         self._pending = (image_feat_m, text_feat_m)
         report: Report = {"temp": temp.clone(), "alpha": alpha, "queue_filled": float(self.image_queue.filled)}

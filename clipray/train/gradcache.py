@@ -11,7 +11,11 @@ micro-batches changes the loss (fewer negatives). Gradient caching keeps it exac
 
 Cost: two forwards and one backward per row. Parameter gradients are synchronised once, on the
 last micro-batch (`no_sync` for the others). The towers must be deterministic between the two
-forwards (CLIP has no dropout), or the RNG state must be replayed.
+forwards (CLIP has no dropout), or the RNG state must be replayed, and each row's embedding must
+not depend on the other rows of its micro-batch: a BatchNorm tower (the ResNet image tower)
+normalises by micro-batch statistics, so the loss and gradient would be those of other
+statistics than the whole batch's. Pipelines combining the two are refused at load
+(`PipelineConfig`: train.micro_batches > 1 with model.vision.kind=resnet).
 """
 
 from __future__ import annotations

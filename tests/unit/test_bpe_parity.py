@@ -14,11 +14,14 @@ from clipray.text.reference import load_reference_module
 
 def load_reference():
     """open_clip's tokenizer.py loaded by file path (spec_from_file_location): the open_clip package,
-    and with it torchvision, is never imported."""
+    and with it torchvision, is never imported.
+
+    A missing reference fails the tests instead of skipping them: `make install` always installs
+    it, so its absence is a broken environment, and a skip would let CI pass without parity."""
     try:
         return load_reference_module()
     except ModuleNotFoundError as e:
-        pytest.skip(str(e))
+        pytest.fail(f"the parity reference is missing: {e}", pytrace=False)
 
 
 @pytest.fixture(scope="module")
@@ -104,6 +107,17 @@ def test_missing_open_clip_wheel_says_how_to_install(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
     with pytest.raises(FileNotFoundError, match=r"pip install --no-deps open_clip_torch.*path"):
         bpe.openai_vocab_path()
+
+
+def test_parity_tests_fail_when_the_reference_is_missing(monkeypatch):
+    """Without open_clip the parity tests must fail, not skip (a skip would pass CI unchecked)."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "open_clip" else real(name, *a))
+    monkeypatch.delitem(sys.modules, "_clipray_open_clip_tokenizer", raising=False)
+    with pytest.raises(pytest.fail.Exception, match=r"the parity reference is missing.*make install"):
+        load_reference()
 
 
 @pytest.mark.parametrize("context_length", [16, 77, 200])

@@ -14,6 +14,7 @@ from clipray.config import load_config
 from clipray.losses.albef import FeatureQueue, mask_tokens, sample_hard_negatives, soft_target_itc
 from clipray.models import build_model
 from clipray.models.clip.presets import preset
+from clipray.models.common.text import padding_mask
 from clipray.models.summary import format_counts, parameter_counts
 from clipray.train.context import LocalContext
 from clipray.train.loop import train_loop
@@ -126,18 +127,20 @@ def test_hard_negatives_never_pick_the_positive():
 def test_mask_tokens_masks_real_tokens_only():
     ids = torch.zeros(64, 16, dtype=torch.long)
     ids[:, 0] = 998
-    ids[:, 1:9] = torch.randint(1, 900, (64, 8))
+    ids[:, 1:9] = torch.randint(0, 4, (64, 8))  # id 0 is a real token ("!" in OpenAI's vocabulary)
     ids[:, 9] = 999
     g = torch.Generator().manual_seed(0)
-    masked, labels = mask_tokens(ids, mask_id=1000, vocab_size=997, probability=0.15, special_ids=(998,),
-                                 generator=g)
+    masked, labels = mask_tokens(ids, pad=padding_mask(ids), mask_id=1000, regular_ids=998, probability=0.15,
+                                 special_ids=(998, 999), generator=g)
     chosen = labels != -100
     assert chosen.any(1).all()  # at least one per caption
-    assert not chosen[:, 0].any() and not chosen[:, 10:].any()  # never SOT or padding
+    assert not chosen[:, 0].any() and not chosen[:, 9:].any()  # never SOT, EOT or padding
+    assert chosen[ids == 0].any()  # the caption's "!" tokens are maskable like any other
     assert torch.equal(labels[chosen], ids[chosen])
     frac_mask = (masked[chosen] == 1000).float().mean().item()
     assert 0.6 < frac_mask < 0.95
     assert torch.equal(masked[~chosen], ids[~chosen])
+    assert masked[chosen & (masked != 1000)].max() < 998  # random replacements are regular ids
 
 
 def test_soft_targets_with_alpha_zero_are_plain_infonce():

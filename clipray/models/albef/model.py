@@ -6,9 +6,14 @@
 
 Contrastive features are normalised projections of the first token ([CLS] = SOT here) of each
 encoder. The model is architecture only; the losses, momentum model and queues live in
-`clipray.train.albef_objective`. Token ids: 0 is padding; the MLM mask token is one extra id
-after the tokenizer's vocabulary (`mask_id = model.text.vocab_size`), so the embedding and the
-MLM head have vocab_size + 1 rows. Shapes: B batch, L text length, N image tokens, D width.
+`clipray.train.albef_objective`. Token ids: the positions after each caption's end-of-text token
+are padding (`padding_mask`; never an id: 0 is "!" in OpenAI's vocabulary). A masked caption has
+no reliable EOT (a mask or random id may replace it), so its padding is that of the unmasked
+caption, passed in. The MLM mask token is one extra id after the text tower's vocabulary
+(`mask_id = model.text.vocab_size`), so the embedding and the MLM head have vocab_size + 1 rows;
+pipelines are refused before training when the tokenizer's ids do not fit below it
+(`clipray.text.tokenizer.check_vocabulary_fits`), so the mask id is never a real token.
+Shapes: B batch, L text length, N image tokens, D width.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from clipray.config.schema import ModelConfig
+from clipray.models.common.text import padding_mask
 from clipray.models.common.transformer import LayerNorm, QuickGELU, Transformer
 from clipray.models.common.vit import VisionTransformer
 from clipray.models.registry import model_registry
@@ -80,21 +86,23 @@ class ALBEF(nn.Module):
     def image_feat(self, image_tokens: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.vision_proj(image_tokens[:, 0]), dim=-1)
 
-    def text_hidden(self, ids_BL: torch.Tensor) -> torch.Tensor:
-        """Text-encoder states (B, L, D) of a bidirectional transformer that ignores padding."""
+    def text_hidden(self, ids_BL: torch.Tensor, pad_BL: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-encoder states (B, L, D) of a bidirectional transformer that ignores padding.
+
+        `pad_BL`: True at padding; by default `padding_mask(ids_BL)`. Masked captions pass the
+        padding of their unmasked ids."""
         L = ids_BL.shape[1]
         x = self.token_embedding(ids_BL) + self.positional_embedding[:L]
-        return self.transformer(x, key_padding_mask=ids_BL == 0)
+        return self.transformer(x, key_padding_mask=padding_mask(ids_BL) if pad_BL is None else pad_BL)
 
     def text_feat(self, hidden_BLD: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_proj(self.ln_text(hidden_BLD)[:, 0]), dim=-1)
 
-    def fuse(self, hidden_BLD: torch.Tensor, ids_BL: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
-        """Fusion-encoder states (B, L, D); `ids_BL` gives the padding of `hidden_BLD`."""
-        pad = ids_BL == 0
+    def fuse(self, hidden_BLD: torch.Tensor, pad_BL: torch.Tensor, image_tokens: torch.Tensor) -> torch.Tensor:
+        """Fusion-encoder states (B, L, D); `pad_BL` (True = padding) is that of `hidden_BLD`."""
         x = hidden_BLD
         for block in self.fusion:
-            x = block(x, pad, image_tokens)
+            x = block(x, pad_BL, image_tokens)
         return self.ln_fusion(x)
 
     # -- heads ------------------------------------------------------------------------------

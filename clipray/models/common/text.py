@@ -2,6 +2,9 @@
 
 The attention mask (causal or bidirectional) and the pooling (end-of-text token, first token,
 mean over real tokens) are choices so that text-tower variants can be compared on the same data.
+
+Padding is known from where each caption ends (`padding_mask`), never from a token id: the fill
+value 0 is also a real token ("!" in OpenAI's vocabulary).
 """
 
 from __future__ import annotations
@@ -14,8 +17,20 @@ from torch import nn
 from clipray.models.common.transformer import LayerNorm, ResidualAttentionBlock, Transformer
 
 
+def padding_mask(ids_BL: torch.Tensor) -> torch.Tensor:
+    """(B, L) bool, True at the positions after each caption's end-of-text token.
+
+    A caption ends at its first end-of-text token, found as the first maximum of the row: every
+    clipray tokenizer gives EOT its largest id (the rule CLIP's EOT pooling relies on too), and
+    `argmax` returns the first of equal maxima. A row without EOT keeps only its first position.
+    """
+    end_B1 = ids_BL.argmax(dim=-1, keepdim=True)
+    return torch.arange(ids_BL.shape[1], device=ids_BL.device) > end_B1
+
+
 class TextTransformer(nn.Module):
-    """Token ids (B, L) int -> embeddings (B, output_dim). Padding id 0; EOT is the largest id."""
+    """Token ids (B, L) int -> embeddings (B, output_dim). EOT is the largest id; the positions
+    after it are padding, whatever their ids."""
 
     def __init__(self, context_length: int, vocab_size: int, width: int, layers: int, heads: int,
                  output_dim: int, mlp_ratio: float = 4.0, quick_gelu: bool = False,
@@ -51,7 +66,7 @@ class TextTransformer(nn.Module):
     def forward(self, ids_BL: torch.Tensor) -> torch.Tensor:
         L = ids_BL.shape[1]
         x = self.token_embedding(ids_BL) + self.positional_embedding[:L]
-        pad_BL = ids_BL == 0
+        pad_BL = padding_mask(ids_BL) if self.attn_kind != "causal" or self.pool == "mean" else None
         if self.attn_kind == "causal":
             # Padding sits after EOT, so under a causal mask no real token ever attends to it.
             mask = torch.full((L, L), float("-inf"), device=x.device, dtype=x.dtype).triu_(1)
@@ -63,7 +78,8 @@ class TextTransformer(nn.Module):
             pooled = x[torch.arange(x.shape[0], device=x.device), ids_BL.argmax(dim=-1)]
         elif self.pool == "first":
             pooled = x[:, 0]
-        else:  # mean over real tokens
+        else:  # mean over the caption's tokens, SOT to EOT
+            assert pad_BL is not None
             keep = (~pad_BL).unsqueeze(-1).to(x.dtype)
             pooled = (x * keep).sum(1) / keep.sum(1).clamp_min(1)
         return pooled @ self.text_projection
