@@ -6,6 +6,7 @@ Ray or torch work starts.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -42,7 +43,7 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from None
     else:
-        raw = data
+        raw = copy.deepcopy(dict(data))  # overrides write into nested sections: not into the caller's
     raw = dict(raw or {})
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: the top level must be a mapping")

@@ -123,3 +123,9 @@ def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
     assert isinstance(config.train.steps, int)
     with pytest.raises(ConfigError, match=r"train\.steps must be an integer, got 0\.5"):
         load_config(path, ["train.steps=5e-1"])
+
+
+def test_overrides_leave_the_callers_dict_alone():
+    data = {"name": "x", "train": {"steps": 7}}
+    config = load_config(data=data, overrides=["train.steps=9"])
+    assert config.train.steps == 9 and data == {"name": "x", "train": {"steps": 7}}
