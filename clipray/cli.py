@@ -80,10 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("realdata", help="write a set of real images shipped in a package (img2dataset layout + "
                                         "classes.json): train/ captions from labels, eval/ held out")
-    p.add_argument("--set", dest="set_name", default="digits", help="which set: digits (scikit-learn)")
+    p.add_argument("--set", dest="set_name", default="digits",
+                   help="which set: digits (scikit-learn), openclipart (Debian openclipart-png)")
     p.add_argument("--out", required=True, help="output directory (train/ and eval/ are created in it)")
-    p.add_argument("--image-size", type=_positive, default=32, help="stored image side in pixels")
+    p.add_argument("--image-size", type=_positive, default=None,
+                   help="stored image side in pixels (digits: 32; openclipart: longer side, 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rows", type=_positive, default=None,
+                   help="openclipart: a seeded sample of this many images instead of all")
     p.set_defaults(func=cmd_realdata)
 
     p = sub.add_parser("eval", help="zero-shot, retrieval R@1/5/10 and modality gap of a trained model")
@@ -220,7 +224,10 @@ def _embed_options(args: argparse.Namespace) -> object:
 def cmd_realdata(args: argparse.Namespace) -> int:
     from clipray.data.realsets import write_realset
 
-    info = write_realset(args.set_name, args.out, image_size=args.image_size, seed=args.seed)
+    kwargs = {"image_size": args.image_size} if args.image_size is not None else {}
+    if args.max_rows is not None:
+        kwargs["max_rows"] = args.max_rows
+    info = write_realset(args.set_name, args.out, seed=args.seed, **kwargs)
     print(f"wrote {info['set']}: {info['train_rows']} training rows and {info['eval_rows']} held-out evaluation "
           f"images over {info['classes']} classes to {info['path']}")
     return 0
