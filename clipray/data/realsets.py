@@ -174,7 +174,7 @@ def write_openclipart(out: str | Path, *, image_size: int = 256, eval_per_class:
         is_eval[idx[:eval_per_class]] = True
     out = Path(out)
 
-    def caption(i: int) -> str:
+    def caption(i: Any) -> str:
         kinds = [_category_name(p) for p in rel[i][:-1]]
         return f"{_title(Path(files[i]).stem)}, clip art of {' / '.join(reversed(kinds))}"
 
