@@ -59,7 +59,7 @@ class DataConfig:
     dedup: Literal["exact", "near", "off"] = "exact"  # exact: dedup_images; near: perceptual, dataset-wide
     near_threshold: int = 8  # near duplicates: max Hamming distance of the 64-bit perceptual hashes
     near_color_threshold: int = 6  # ... and of the colour hashes (a recoloured image is another image)
-    near_bands: int = 4  # the hash is cut into this many bands; rows sharing a band are compared
+    near_bands: int = 8  # the hash is cut into this many bands; rows sharing a band are compared
     # Evaluation sets whose near-duplicates are dropped as `eval_overlap` by curate: true = the
     # pipeline's own (eval.zeroshot_source), false = none, or a list of parquet sources.
     decontaminate: bool | list[str] = True
