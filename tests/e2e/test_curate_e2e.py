@@ -140,6 +140,7 @@ def test_training_on_curated_output_logs_the_curation_counts(curated, tmp_path):
     proc = run_clipray("train", PIPELINE, "--set", f"data.source={curated['out']}", "--set", "data.dedup=exact",
                        "--set", "data.decontaminate=false", "--set", "eval.zeroshot_source=null",
                        "--set", "train.steps=2", "--set", "train.checkpoint_every=2",
+                       "--set", "data.concurrency=1", "--set", "data.num_cpus=0.25", "--set", "train.cpus_per_worker=0.25",
                        "--set", "tracking.log_model=false", env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("mlflow_run_id:"))

@@ -280,7 +280,11 @@ def _curate(config: PipelineConfig, out: str, *, log: bool) -> CurateResult:
     if d.dedup == "near":
         signatures = read_parquet(resolve(_uri(out, staging), d.endpoint_url),
                                   columns=["key", *SIGNATURE_COLUMNS], num_cpus=d.num_cpus)
-        groups = find_near_duplicates(signatures, thresholds(config), d.near_bands)
+        # Shuffle partitions by size: Ray's default (200) is 200 reduce tasks even for a few
+        # thousand rows; a partition of 10^6 signature rows is about 40 MB.
+        staged_rows = ray.get(stats.snapshot.remote())["rows_out"]
+        partitions = max(1, min(200, staged_rows * d.near_bands // 1_000_000 + 1))
+        groups = find_near_duplicates(signatures, thresholds(config), d.near_bands, num_partitions=partitions)
     internal = tuple(SIGNATURE_COLUMNS) + (() if d.keep_scores else (SCORE_COLUMN,))
     final = read_parquet(resolve(_uri(out, staging), d.endpoint_url), num_cpus=d.num_cpus)
     final = final.map_batches(DropNear, fn_constructor_args=(groups.dropped, stats, internal),
