@@ -24,7 +24,7 @@ from clipray.bench import Benchmark, bench_registry
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rows", type=int, default=2000, help="openclipart images (before planted copies)")
     p.add_argument("--copies", type=int, default=400, help="planted altered copies")
-    p.add_argument("--pipeline", default="pipelines/tiny/curate-openclipart.yaml", help="config (model for scoring)")
+    p.add_argument("--pipeline", default="pipelines/curate-openclipart.yaml", help="config (model for scoring)")
     p.add_argument("--score-rows", type=int, default=256, help="rows scored in the per-core measurement")
     p.add_argument("--data", default=None, help="reuse this directory for the generated data")
 

@@ -28,7 +28,7 @@ from clipray.data.curate.near import Thresholds, find_near_duplicates_local, sig
 from tests.conftest import ROOT, run_clipray
 
 pytestmark = pytest.mark.e2e
-PIPELINE = str(ROOT / "pipelines" / "tiny" / "curate-openclipart.yaml")
+PIPELINE = str(ROOT / "pipelines" / "curate-openclipart.yaml")
 
 
 @pytest.fixture(scope="module")
