@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     p.add_argument("--limit", type=_positive, default=None, help="stop after this many output rows")
     p.set_defaults(func=cmd_data_profile)
+    p = data.add_parser("curate", help="filter, de-duplicate and decontaminate data.source; write the kept rows "
+                                       "(img2dataset parquet) and a manifest of drops by reason")
+    _add_pipeline_args(p)
+    p.add_argument("--out", required=True, help="output directory or s3:// URI")
+    p.add_argument("--json", action="store_true",
+                   help='print one JSON object {"rows_in", "rows_out", "dropped", "out"} on stdout and nothing else')
+    p.add_argument("--no-log", action="store_true", help="record no MLflow run")
+    p.set_defaults(func=cmd_data_curate)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
     p = tok.add_parser("train", help="train a BPE vocabulary on a caption corpus (use it as text.tokenizer: PATH)")
@@ -80,10 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("realdata", help="write a set of real images shipped in a package (img2dataset layout + "
                                         "classes.json): train/ captions from labels, eval/ held out")
-    p.add_argument("--set", dest="set_name", default="digits", help="which set: digits (scikit-learn)")
+    p.add_argument("--set", dest="set_name", default="digits",
+                   help="which set: digits (scikit-learn), openclipart (Debian openclipart-png)")
     p.add_argument("--out", required=True, help="output directory (train/ and eval/ are created in it)")
-    p.add_argument("--image-size", type=_positive, default=32, help="stored image side in pixels")
+    p.add_argument("--image-size", type=_positive, default=None,
+                   help="stored image side in pixels (digits: 32; openclipart: longer side, 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rows", type=_positive, default=None,
+                   help="openclipart: a seeded sample of this many images instead of all")
     p.set_defaults(func=cmd_realdata)
 
     p = sub.add_parser("eval", help="zero-shot, retrieval R@1/5/10 and modality gap of a trained model")
@@ -222,7 +234,10 @@ def _embed_options(args: argparse.Namespace) -> object:
 def cmd_realdata(args: argparse.Namespace) -> int:
     from clipray.data.realsets import write_realset
 
-    info = write_realset(args.set_name, args.out, image_size=args.image_size, seed=args.seed)
+    kwargs = {"image_size": args.image_size} if args.image_size is not None else {}
+    if args.max_rows is not None:
+        kwargs["max_rows"] = args.max_rows
+    info = write_realset(args.set_name, args.out, seed=args.seed, **kwargs)
     print(f"wrote {info['set']}: {info['train_rows']} training rows and {info['eval_rows']} held-out evaluation "
           f"images over {info['classes']} classes to {info['path']}")
     return 0
@@ -317,6 +332,24 @@ def cmd_data_profile(args: argparse.Namespace) -> int:
               f"over {report['elapsed_s']:.1f} s")
         for reason, n in report["dropped"].items():
             print(f"  dropped {reason}: {n}")
+    return 0
+
+
+def cmd_data_curate(args: argparse.Namespace) -> int:
+    from clipray.config import load_config
+
+    config = load_config(args.pipeline, args.overrides)
+    from clipray.data.curate.run import curate
+
+    result = curate(config, args.out, quiet=args.json, log=not args.no_log)
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        print(f"rows in {result.rows_in}, rows out {result.rows_out} in {result.elapsed_s:.1f} s -> {result.out}")
+        for reason, n in result.dropped.items():
+            print(f"  dropped {reason}: {n}")
+        if result.run_id:
+            print(f"mlflow_run_id: {result.run_id}")
     return 0
 
 

@@ -8,12 +8,16 @@ packages=()
 # renderer reads them) and depends on fonts-unifont (the .otf).
 [ -e /usr/share/unifont/unifont.hex ] || packages+=(unifont)
 [ -e /usr/share/fonts/opentype/unifont/unifont.otf ] || packages+=(fonts-unifont)
+# Real clip-art images (about 8,300 PNGs in category folders) for `clipray realdata --set
+# openclipart` and the curation tests.
+[ -d /usr/share/openclipart/png ] || packages+=(openclipart-png)
 [ ${#packages[@]} -eq 0 ] && exit 0
 if command -v apt-get >/dev/null 2>&1; then
     SUDO=""
     [ "$(id -u)" = "0" ] || SUDO="sudo -n"
     echo "installing system packages: ${packages[*]}"
     ($SUDO apt-get update -qq && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}") >/dev/null 2>&1 \
-        || echo "warning: could not install ${packages[*]}; the CLIPPO text renderer needs fonts-unifont"
+        || echo "warning: could not install ${packages[*]}; the CLIPPO text renderer needs fonts-unifont, \
+`clipray realdata --set openclipart` needs openclipart-png"
 fi
 exit 0

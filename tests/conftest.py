@@ -86,3 +86,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
         yield weed.start()
     finally:
         weed.stop()
+
+
+@pytest.fixture(scope="session")
+def curation_data(tmp_path_factory: pytest.TempPathFactory):
+    """Real clip art (Debian openclipart-png) with planted near-duplicates, copies of evaluation
+    images and unsafe-flagged rows, and the labels of each (tests.support.curation_data)."""
+    if not Path("/usr/share/openclipart/png").is_dir():
+        pytest.skip("Debian's openclipart-png is not installed (scripts/install-system-deps.sh installs it)")
+    from tests.support.curation_data import build
+
+    return build(tmp_path_factory.mktemp("curation"))

@@ -27,6 +27,7 @@ BENCH_MODULES = [
     "clipray.bench.loss",
     "clipray.bench.train",
     "clipray.bench.gpu",
+    "clipray.bench.curate",
 ]
 
 bench_registry: Registry[Benchmark] = Registry("benchmark")

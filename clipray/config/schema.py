@@ -51,8 +51,32 @@ class DataConfig:
     fix_text: bool = True  # ftfy mojibake repair in caption clean-up
     dedup_images: bool = True  # drop exact duplicate image bytes within a parquet file
     chunk_files: int | None = None  # parquet files per training chunk (resume unit); None = whole epoch
+    # Curation (docs/curation.md). Row filters (where, languages, min_clip_score) run in training
+    # and in `clipray data curate`; the dataset-wide stages (dedup: near, decontaminate) only in
+    # `clipray data curate`, whose output training then reads.
+    where: list[str] = field(default_factory=list)  # metadata predicates: "punsafe < 0.5" (drops where_...)
+    languages: list[str] = field(default_factory=list)  # keep captions in these languages (ISO 639-1); drops `language`
+    dedup: Literal["exact", "near", "off"] = "exact"  # exact: dedup_images; near: perceptual, dataset-wide
+    near_threshold: int = 8  # near duplicates: max Hamming distance of the 64-bit perceptual hashes
+    near_color_threshold: int = 6  # ... and of the colour hashes (a recoloured image is another image)
+    near_bands: int = 8  # the hash is cut into this many bands; rows sharing a band are compared
+    # Evaluation sets whose near-duplicates are dropped as `eval_overlap` by curate: true = the
+    # pipeline's own (eval.zeroshot_source), false = none, or a list of parquet sources.
+    decontaminate: bool | list[str] = True
+    min_clip_score: float | None = None  # drop `low_clip_score` below this image-text cosine similarity
+    score_model: str | None = None  # the scoring model: run id, runs:/<id>, models:/name@alias or /name/N, checkpoint dir
+    keep_scores: bool = False  # keep the `clip_score` column in curate's output
+    score_actors: int = 1  # actors of the scoring stage (each loads the model once)
 
     def __post_init__(self) -> None:
+        if not 0 <= self.near_threshold < 64 or not 0 <= self.near_color_threshold < 64:
+            raise ValueError("data.near_threshold and data.near_color_threshold must be in [0, 64)")
+        if self.near_bands not in (1, 2, 4, 8, 16) or self.near_threshold >= 64:
+            raise ValueError(f"data.near_bands must be 1, 2, 4, 8 or 16 (bands of the 64-bit hash), got {self.near_bands}")
+        if self.min_clip_score is not None and not self.score_model:
+            raise ValueError("data.min_clip_score needs data.score_model (a run id, models:/ URI or checkpoint)")
+        if self.score_actors <= 0:
+            raise ValueError(f"data.score_actors must be positive, got {self.score_actors}")
         if self.chunk_files is not None and self.chunk_files <= 0:
             raise ValueError(f"data.chunk_files must be positive, got {self.chunk_files}")
         if self.batch_size <= 0 or self.concurrency <= 0:

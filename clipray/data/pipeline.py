@@ -46,7 +46,21 @@ def build_ops(config: PipelineConfig, *, train: bool, names: Sequence[str] | Non
 def op_names(config: PipelineConfig, names: Sequence[str] | None = None) -> tuple[str, ...]:
     text_op = TEXT_OPS[config.text.kind]
     chosen = config.data.ops if names is None else names
+    if names is None:
+        chosen = with_curation_ops(config, chosen)
     return tuple(text_op if name in TEXT_OPS.values() else name for name in chosen)
+
+
+def with_curation_ops(config: PipelineConfig, names: Sequence[str]) -> list[str]:
+    """`names` plus the curation filters that are configured but not listed: `where` first (it
+    reads only metadata columns, before any decode), `language` after `clean_caption`."""
+    out = list(names)
+    if config.data.where and "where" not in out:
+        out.insert(0, "where")
+    if config.data.languages and "language" not in out:
+        at = out.index("clean_caption") + 1 if "clean_caption" in out else len([n for n in out if n == "where"])
+        out.insert(at, "language")
+    return out
 
 
 def arrow_to_columns(table: Any) -> Batch:
@@ -168,7 +182,7 @@ def open_dedup(config: PipelineConfig, stats: Any = None, claims: Claims | None 
     seeded with `claims` (those of a resumed chunk's consumed rows)."""
     from clipray.data.stats import shared_dedup
 
-    if not (config.data.dedup_images and "dedup_images" in config.data.ops):
+    if not (config.data.dedup_images and config.data.dedup != "off" and "dedup_images" in config.data.ops):
         return None
     # In the stats actor when there is one: a process fewer to start per dataset.
     return shared_dedup(stats if hasattr(getattr(stats, "open_dedup", None), "remote") else None, claims)
@@ -203,7 +217,7 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     _check_cpu_budget(d)
     if dedup is None:
         dedup = open_dedup(config, stats)
-    ds = read_parquet(src, columns=[*required_columns(config), *d.partition_columns],
+    ds = read_parquet(src, columns=[*read_columns(config), *d.partition_columns],
                       shuffle_seed=shuffle_seed if train else None, num_cpus=d.num_cpus,
                       include_paths=dedup is not None)
     if skip_keys:
@@ -243,6 +257,15 @@ def required_columns(config: PipelineConfig) -> list[str]:
     return [d.key_column, d.caption_column, d.image_column]
 
 
+def read_columns(config: PipelineConfig) -> list[str]:
+    """What the read projects: the required columns, and those `data.where` compares."""
+    from clipray.data.ops.curation import parse_predicates
+
+    d = config.data
+    extra = [p.column for p in parse_predicates(d.where) if p.column not in d.partition_columns]
+    return list(dict.fromkeys([*required_columns(config), *extra]))
+
+
 def resolve_source(config: PipelineConfig, *, source: str | None = None,
                    files: Sequence[str] | None = None) -> Source:
     """List (or take) the files, check S3 access and required columns; all before Ray Data starts."""
@@ -251,6 +274,10 @@ def resolve_source(config: PipelineConfig, *, source: str | None = None,
     if files is not None:
         src = Source(list(files), src.filesystem, src.root, src.uri)
     check_columns(src, required_columns(config))
+    if d.where:
+        from clipray.data.curate.preflight import check_where
+
+        check_where(src, d.where, d.partition_columns)
     return src
 
 
@@ -259,6 +286,9 @@ def preflight(config: PipelineConfig) -> Source:
     (`resolve_source`) and every op of `data.ops`, built once here. A bad op setting (an unknown
     tokenizer, a missing vocabulary or font file) is then one line from the command instead of a
     traceback from every preprocessing actor, after the cluster and the workers have started."""
+    from clipray.data.curate.preflight import refuse_dataset_wide
+
+    refuse_dataset_wide(config)
     src = resolve_source(config)
     ops = build_ops(config, train=True)
     check_tokenizer(config, next((op.tokenizer for op in ops if hasattr(op, "tokenizer")), None))

@@ -143,6 +143,9 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
     try:
         log_config(tracker, config)
         source = preflight(config)  # S3 access, partitions, schemas and the ops' settings, before Ray starts
+        from clipray.data.curate.run import log_curated_source
+
+        log_curated_source(tracker, config)  # curated data: its drops (eval_overlap, ...) as data/curated/*
         log_parameter_counts(tracker, config.model)
         init_ray(config)
         stats = stats_actor()

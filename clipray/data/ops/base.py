@@ -35,7 +35,7 @@ class Op(Protocol):
 op_registry: Registry[Callable[..., Op]] = Registry(
     "data op",
     lazy_modules=["clipray.data.ops.decode", "clipray.data.ops.text", "clipray.data.ops.transforms",
-                  "clipray.data.ops.filters"],
+                  "clipray.data.ops.filters", "clipray.data.ops.curation"],
 )
 
 

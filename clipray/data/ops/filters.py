@@ -144,7 +144,8 @@ class DedupImages:
 
 @op_registry.register("dedup_images")
 def _dedup(config, *, train: bool) -> DedupImages | _Identity:
-    return DedupImages(config.data.image_column) if config.data.dedup_images else _Identity()
+    on = config.data.dedup_images and config.data.dedup != "off"
+    return DedupImages(config.data.image_column) if on else _Identity()
 
 
 @op_registry.register("image_filter")
