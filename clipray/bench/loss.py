@@ -35,7 +35,6 @@ from typing import Any
 
 from clipray.bench import Benchmark, bench_registry
 
-
 VARIANTS = ("softmax-sharded", "softmax-naive", "sigmoid-ring", "sigmoid-naive")
 
 
@@ -70,7 +69,6 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     import torch.nn.functional as F
 
     from clipray.losses.memory import TensorMemory
-
     from clipray.train.parallel import close_process_group
 
     torch.set_num_threads(1)

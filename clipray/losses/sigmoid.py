@@ -154,7 +154,8 @@ class _SigmoidRing(torch.autograd.Function):
                 if step < steps:
                     pending = ring.start(chunk)
                 # Their gradient so far: from their owner and the ranks between it and this one.
-                chunk_grad, pending_grad = ring.wait(pending_grad), None
+                chunk_grad = ring.wait(pending_grad)
+                del pending_grad  # frees the previous send's buffer before the next pass
                 _, chunk_grad, g_scale, g_bias = _block_grads(x, chunk, t, b, False, grad, grad_image, chunk_grad)
                 del chunk
                 grad_scale += g_scale
