@@ -1,4 +1,4 @@
-"""Sigmoid (SigLIP) loss over a ring of workers: no worker ever holds every feature.
+"""Sigmoid (SigLIP) loss over a ring of workers: a worker's memory does not grow with their number.
 
 Full-batch loss over N = W·B pairs:
 
@@ -6,18 +6,19 @@ Full-batch loss over N = W·B pairs:
 
 Worker r scores its B images against its own B texts (the block with the positives), then
 passes its current text chunk to rank r+1 and receives one from rank r-1, W-1 times, adding
-negative-only B×B blocks. The whole ring is one autograd function that saves only the worker's
-own inputs. Its backward passes the text chunks around the ring again, recomputing each block,
-and sends with each chunk the gradient that the workers it has visited so far computed for it;
-after the last step that gradient goes on to the chunk's owner. So, forward and backward, a
-worker holds its own features, the chunk it is scoring, the one arriving and (backward) their two
-gradients, plus one B×B block: O(B·D + B²) memory, never the N·D of all features
-(tests/distributed/test_sigmoid_ring_memory.py). The next chunk is in flight while the current
-block is computed.
+negative-only B×B blocks. The whole ring is one autograd function that keeps only the worker's
+own inputs for backward. Its backward passes the text chunks around the ring again, recomputing
+each block; each chunk's gradient starts at its owner (the positive block), travels with the
+chunk, gathering every worker's contribution, and after the last step goes on to the owner.
+So a worker holds, besides its own features, at most two text chunks in forward and two chunks
+and two chunk gradients plus its image gradient in backward, and a few B×B blocks:
+O(B·D + B²) memory at any W, where keeping the received chunks for backward took O(N·D)
+(tests/distributed/test_contrastive_gloo.py::test_ring_sigmoid_memory_independent_of_world_size).
+The next chunk is in flight while the current block is computed.
 
 Each worker returns its own sum / B; the mean over workers (what DDP's gradient average
 produces) is exactly L, as for `softmax_contrastive_loss`. Forward and backward run in fp32
-under autocast (clipray.losses.precision).
+under autocast (clipray.losses.precision). docs/losses.md has the communication cost.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class _SigmoidRing(torch.autograd.Function):
     `start`). Alive at once, each B x D, besides the inputs and a few B x B blocks: forward, the
     chunk being scored and the next one arriving (2); backward, those two, the image gradient and
     the current chunk's gradient being sent on while its successor's arrives (5). None of this
-    depends on W (tests/distributed/test_sigmoid_ring_memory.py).
+    depends on W.
     """
 
     @staticmethod
