@@ -9,11 +9,17 @@ features (dimension D) and run one forward + backward of the loss:
 * sigmoid, ring: `sigmoid_contrastive_loss` (B x B blocks, text passed around the ring);
 * sigmoid, naive: all features gathered, full W·B x W·B sigmoid matrix.
 
-Memory method: each configuration runs in fresh processes; after a warm-up pass on 16 rows per
-worker (so one-time costs are excluded), rank 0 reads its peak resident set
-(`resource.getrusage(RUSAGE_SELF).ru_maxrss`), runs the first full-size forward + backward and
-reads it again; the difference is the loss's peak working memory (logits, softmax,
-gathered features, gradients). Time: median of `--repeats` further forward + backward passes.
+Memory, two ways, over rank 0's first full-size forward + backward (after a warm-up pass on
+16 rows per worker, so one-time costs are excluded):
+
+* tensors: the peak bytes of tensor storage allocated during the pass and alive at once
+  (`clipray.losses.memory.TensorMemory`: every op's outputs seen through a dispatch mode,
+  freed storages subtracted). The worker's own input features are not counted; the gradients it accumulates are. This is
+  exact and repeatable: it does not depend on the machine's load or on the allocator.
+* RSS: the rise of the process's peak resident set (`ru_maxrss`) over the pass, which adds the
+  allocator's and gloo's own buffers.
+
+Time: median of `--repeats` further forward + backward passes.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     import torch.distributed as dist
     import torch.nn.functional as F
 
+    from clipray.losses.memory import TensorMemory
     from clipray.train.parallel import close_process_group
 
     torch.set_num_threads(1)
@@ -76,11 +83,15 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
     # Warm up on a few rows: one-time costs (autograd threads, gloo buffers) are not the loss's.
     small = [t[:16].detach().clone().requires_grad_(True) for t in (img, txt)]
     fn(small[0], small[1], scale, bias).backward()
+    scale.grad = bias.grad = None
     if world_size > 1:
         dist.barrier()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn(img, txt, scale, bias).backward()
+    with TensorMemory([img, txt, scale, bias]) as tensors:
+        fn(img, txt, scale, bias).backward()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for t in (img, txt, scale, bias):
+        t.grad = None
     times = []
     for _ in range(repeats):
         if world_size > 1:
@@ -89,7 +100,8 @@ def _worker(rank: int, world_size: int, variant: str, batch: int, dim: int, repe
         fn(img, txt, scale, bias).backward()
         times.append(time.perf_counter() - start)
     if rank == 0:
-        out.put({"peak_mib": (peak - before) / 1024, "time_s": statistics.median(times)})
+        out.put({"tensor_mib": tensors.peak / 2**20, "rss_mib": (peak - before) / 1024,
+                 "time_s": statistics.median(times)})
     if world_size > 1:
         close_process_group()
 
@@ -122,9 +134,10 @@ def run(args: argparse.Namespace) -> int:
     sizes = [int(w) for w in args.world_sizes.split(",")]
     print(f"# clipray bench loss: B={args.batch} per worker, D={args.dim}, fp32, gloo on CPU, "
           f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()})")
-    print("# peak = rise of rank 0's max RSS over one forward+backward; time = median of further passes")
-    print(f"{'loss':<10} {'W':>2} {'N':>6} | {'clipray peak MiB':>16} {'naive peak MiB':>15} {'ratio':>6} | "
-          f"{'clipray s':>9} {'naive s':>8}")
+    print("# rank 0, one forward+backward: tensors = peak live tensor storage (exact), "
+          "RSS = rise of max RSS; time = median of further passes")
+    print(f"{'loss':<8} {'W':>2} {'N':>6} | {'clipray tensors MiB':>19} {'RSS':>6} | "
+          f"{'naive tensors MiB':>17} {'RSS':>6} | {'ratio':>5} | {'clipray s':>9} {'naive s':>8}")
     for kind, ours, naive in (("softmax", "softmax-sharded", "softmax-naive"),
                               ("sigmoid", "sigmoid-ring", "sigmoid-naive")):
         if kind not in args.losses.split(","):
@@ -132,9 +145,10 @@ def run(args: argparse.Namespace) -> int:
         for w in sizes:
             a = measure(ours, w, args.batch, args.dim, args.repeats)
             b = measure(naive, w, args.batch, args.dim, args.repeats)
-            ratio = a["peak_mib"] / b["peak_mib"] if b["peak_mib"] > 0 else float("nan")
-            print(f"{kind:<10} {w:>2} {w * args.batch:>6} | {a['peak_mib']:>16.1f} {b['peak_mib']:>15.1f} "
-                  f"{ratio:>6.2f} | {a['time_s']:>9.3f} {b['time_s']:>8.3f}", flush=True)
+            ratio = a["tensor_mib"] / b["tensor_mib"] if b["tensor_mib"] > 0 else float("nan")
+            print(f"{kind:<8} {w:>2} {w * args.batch:>6} | {a['tensor_mib']:>19.1f} {a['rss_mib']:>6.1f} | "
+                  f"{b['tensor_mib']:>17.1f} {b['rss_mib']:>6.1f} | {ratio:>5.2f} | "
+                  f"{a['time_s']:>9.3f} {b['time_s']:>8.3f}", flush=True)
     return 0
 
 

@@ -20,6 +20,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from clipray.losses.precision import autocast_off, compute_dtype
+
 
 def gather_with_grad(x: torch.Tensor, world_size: int, group: dist.ProcessGroup | None = None) -> torch.Tensor:
     """Concatenate `x` (B, D) from all workers along dim 0, keeping gradients to every shard."""
@@ -57,19 +59,27 @@ ROW_CHUNK = 256  # rows of logits materialised at once (forward and backward)
 
 class _RowsCrossEntropy(torch.autograd.Function):
     """mean_i CE(scale · q_i · keys^T, label offset+i); logits built ROW_CHUNK rows at a time and
-    recomputed in backward, so at most ROW_CHUNK x N of them (plus one temporary) are alive."""
+    recomputed in backward, so at most ROW_CHUNK x N of them (plus one temporary) are alive.
+
+    Forward and backward both run in `compute_dtype` (fp32 under bf16 autocast) with autocast
+    off: the backward's softmax is exp(logits - lse) with the forward's lse, so the two passes
+    must build their logits in one precision (clipray.losses.precision).
+    """
 
     @staticmethod
     def forward(ctx: Any, q: torch.Tensor, keys: torch.Tensor, scale: torch.Tensor, offset: int) -> torch.Tensor:
+        dtype = compute_dtype(q, keys)
         b = q.shape[0]
-        lse = torch.empty(b, dtype=q.dtype, device=q.device)
-        positives = torch.empty(b, dtype=q.dtype, device=q.device)
-        for s in range(0, b, ROW_CHUNK):
-            logits = (q[s : s + ROW_CHUNK] @ keys.T).mul_(scale)
-            rows = torch.arange(logits.shape[0], device=q.device)
-            positives[s : s + ROW_CHUNK] = logits[rows, rows + offset + s]
-            lse[s : s + ROW_CHUNK] = torch.logsumexp(logits, dim=1)
-            del logits
+        with autocast_off(q.device):
+            k, t = keys.to(dtype), scale.to(dtype)
+            lse = torch.empty(b, dtype=dtype, device=q.device)
+            positives = torch.empty(b, dtype=dtype, device=q.device)
+            for s in range(0, b, ROW_CHUNK):
+                logits = (q[s : s + ROW_CHUNK].to(dtype) @ k.T).mul_(t)
+                rows = torch.arange(logits.shape[0], device=q.device)
+                positives[s : s + ROW_CHUNK] = logits[rows, rows + offset + s]
+                lse[s : s + ROW_CHUNK] = torch.logsumexp(logits, dim=1)
+                del logits
         ctx.save_for_backward(q, keys, scale, lse)
         ctx.offset = offset
         return (lse - positives).mean()
@@ -77,25 +87,29 @@ class _RowsCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         q, keys, scale, lse = ctx.saved_tensors
+        dtype = lse.dtype
         b = q.shape[0]
-        grad_q = torch.empty_like(q)
-        grad_keys = torch.zeros_like(keys)
-        grad_scale = torch.zeros((), dtype=q.dtype, device=q.device)
-        for s in range(0, b, ROW_CHUNK):
-            q_s = q[s : s + ROW_CHUNK]
-            raw = q_s @ keys.T  # unscaled: d loss / d scale = Σ dlogits · raw
-            rows = torch.arange(raw.shape[0], device=q.device)
-            probs = (raw * scale).sub_(lse[s : s + ROW_CHUNK, None]).exp_()  # softmax, in place
-            probs[rows, rows + ctx.offset + s] -= 1
-            probs.mul_(grad / b)  # now d loss / d logits
-            grad_scale += torch.vdot(probs.reshape(-1), raw.reshape(-1))
-            del raw
-            grad_q[s : s + ROW_CHUNK] = (probs @ keys).mul_(scale)
-            grad_keys.addmm_(probs.T, q_s)
-            del probs
-        # Scaled once here rather than through addmm's alpha: alpha=float(scale) would copy the
-        # scale to the host, a device sync per block and a graph break under torch.compile.
-        return grad_q, grad_keys.mul_(scale), grad_scale, None
+        with autocast_off(q.device):
+            k, t, grad = keys.to(dtype), scale.to(dtype), grad.to(dtype)
+            grad_q = torch.empty(q.shape, dtype=dtype, device=q.device)
+            grad_keys = torch.zeros(keys.shape, dtype=dtype, device=q.device)
+            grad_scale = torch.zeros((), dtype=dtype, device=q.device)
+            for s in range(0, b, ROW_CHUNK):
+                q_s = q[s : s + ROW_CHUNK].to(dtype)
+                raw = q_s @ k.T  # unscaled: d loss / d scale = Σ dlogits · raw
+                rows = torch.arange(raw.shape[0], device=q.device)
+                probs = (raw * t).sub_(lse[s : s + ROW_CHUNK, None]).exp_()  # softmax, in place
+                probs[rows, rows + ctx.offset + s] -= 1
+                probs.mul_(grad / b)  # now d loss / d logits
+                grad_scale += torch.vdot(probs.reshape(-1), raw.reshape(-1))
+                del raw
+                grad_q[s : s + ROW_CHUNK] = (probs @ k).mul_(t)
+                grad_keys.addmm_(probs.T, q_s)
+                del probs
+            # Scaled once here rather than through addmm's alpha: alpha=float(scale) would copy the
+            # scale to the host, a device sync per block and a graph break under torch.compile.
+            grad_keys.mul_(t)
+        return grad_q.to(q.dtype), grad_keys.to(keys.dtype), grad_scale.to(scale.dtype), None
 
 
 def softmax_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, *,
@@ -108,14 +122,17 @@ def softmax_contrastive_loss(image: torch.Tensor, text: torch.Tensor, logit_scal
         logit_scale: exponentiated temperature (scalar).
         rank, world_size, group: the process group whose workers hold the other rows.
     Returns:
-        This worker's mean loss; the mean over workers equals the full-batch loss.
+        This worker's mean loss (fp32, or fp64 for fp64 features, also under autocast); the mean
+        over workers equals the full-batch loss.
     """
-    all_image = gather_with_grad(image, world_size, group)
-    all_text = gather_with_grad(text, world_size, group)
+    # Gathered in the compute dtype, so the backward's reduce-scatter also sums in it.
+    dtype = compute_dtype(image, text)
+    all_image = gather_with_grad(image.to(dtype), world_size, group)
+    all_text = gather_with_grad(text.to(dtype), world_size, group)
     b = image.shape[0]
-    scale = logit_scale.to(image.dtype)
-    i2t = _RowsCrossEntropy.apply(image, all_text, scale, rank * b)  # B x N logits, one at a time
-    t2i = _RowsCrossEntropy.apply(text, all_image, scale, rank * b)
+    # The scale goes in at its own precision (an fp32 parameter's exp): a bf16 copy of 99.48 is 99.5.
+    i2t = _RowsCrossEntropy.apply(image, all_text, logit_scale, rank * b)  # B x N logits, one block at a time
+    t2i = _RowsCrossEntropy.apply(text, all_image, logit_scale, rank * b)
     return (i2t + t2i) / 2
 
 
