@@ -274,7 +274,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     top1 = result.metrics.get("eval/zeroshot_top1")
     if top1 is not None:
         n = int(result.metrics["eval/zeroshot_classes"])
-        print(f"zero-shot top-1: {top1:.2f} ({n} classes, chance {1 / n:.3f})")
+        from clipray.eval.run import attribute_top1
+
+        by = ", ".join(f"{name} {v:.2f}" for name, v in attribute_top1(result.metrics).items())
+        print(f"zero-shot top-1: {top1:.2f} ({n} classes, chance {1 / n:.3f})" + (f"; top-1 by {by}" if by else ""))
     if result.model_version:
         print(f"model: {result.model_name} version {result.model_version} (mlflow.pyfunc.load_model("
               f"'models:/{result.model_name}/{result.model_version}'))")
