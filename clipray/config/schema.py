@@ -51,6 +51,10 @@ class DataConfig:
     fix_text: bool = True  # ftfy mojibake repair in caption clean-up
     dedup_images: bool = True  # drop exact duplicate image bytes within a parquet file
     chunk_files: int | None = None  # parquet files per training chunk (resume unit); None = whole epoch
+    # Training batches in the same order on every run (Ray Data's preserve_order): the same seed,
+    # data and worker layout then give the same losses. Off trades that for whichever
+    # preprocessing actor finishes first (docs/determinism.md).
+    preserve_order: bool = True
 
     def __post_init__(self) -> None:
         if self.chunk_files is not None and self.chunk_files <= 0:

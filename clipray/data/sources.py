@@ -203,7 +203,14 @@ READ_UNIT_BYTES = 32 << 20
 # cores those threads spent 3.8 CPU-s reading 6,000 web rows (284 MB) where Arrow's own default,
 # one thread per core (the value 0 keeps it), spent 1.1. Ray reads the variable when a worker
 # imports its parquet reader, so it must be in the worker's environment from the start.
-WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0"}
+# Ray Data warns (a UserWarning, once per dataset execution) when a fixed actor pool gets fewer
+# input blocks than it has actors: a chunk of one small file makes one read unit. clipray sizes
+# its pools on purpose (clipray.data.pipeline: a fixed pool, not an autoscaling one), and an
+# idle actor on a small chunk needs no action from the user. Python matches the start of the
+# message; the executor runs in a Ray worker (the streaming_split coordinator), hence the
+# environment variable, and in the driver for `clipray eval`/`embed` (quiet_known_warnings).
+MIN_ACTORS_WARNING = "The minimum number of concurrent actors"
+WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0", "PYTHONWARNINGS": f"ignore:{MIN_ACTORS_WARNING}:UserWarning"}
 
 
 def worker_env() -> dict[str, str]:
@@ -224,6 +231,13 @@ def progress_bars_unwanted() -> bool:
     start and finish lines remain.
     """
     return not sys.stdout.isatty() and PROGRESS_BARS_OFF_ENV not in os.environ
+
+
+def quiet_known_warnings() -> None:
+    """In this process, ignore the Ray warnings that WORKER_ENV_DEFAULTS ignores in the workers."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=MIN_ACTORS_WARNING, category=UserWarning)
 
 
 def quiet_progress_bars() -> None:
