@@ -233,11 +233,42 @@ def progress_bars_unwanted() -> bool:
     return not sys.stdout.isatty() and PROGRESS_BARS_OFF_ENV not in os.environ
 
 
+# Ray Data logs a warning, once per process, that progress bars are off; clipray turns them off
+# where output goes to a file (progress_bars_unwanted, build_dataset). Only this logger's warnings
+# are dropped; its errors, and every other Ray Data warning, still show.
+PROGRESS_LOGGER = "ray.data._internal.progress"
+
+
 def quiet_known_warnings() -> None:
-    """In this process, ignore the Ray warnings that WORKER_ENV_DEFAULTS ignores in the workers."""
+    """In this process, drop the Ray warnings that clipray knows do not apply (the workers of an
+    embedded cluster get the same through `ray_data_logging_env`)."""
+    import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=MIN_ACTORS_WARNING, category=UserWarning)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.ERROR)
+
+
+def ray_data_logging_env(directory: str) -> dict[str, str]:
+    """`RAY_DATA_LOGGING_CONFIG` for the workers of an embedded cluster: Ray Data's own default
+    logging configuration plus PROGRESS_LOGGER at error level, written under `directory`.
+
+    Ray Data applies the file when a process imports it. A value the user set wins.
+    """
+    import copy
+
+    import yaml
+    from ray.data._internal.logging import DEFAULT_CONFIG  # Ray's defaults, so nothing else changes
+
+    name = "RAY_DATA_LOGGING_CONFIG"
+    if name in os.environ:
+        return {}
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    config["loggers"][PROGRESS_LOGGER] = {"level": "ERROR", "propagate": True}
+    path = os.path.join(directory, "clipray-ray-data-logging.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return {name: path}
 
 
 def quiet_progress_bars() -> None:

@@ -13,7 +13,12 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
-from clipray.data.sources import quiet_known_warnings, quiet_progress_bars, worker_env
+from clipray.data.sources import (
+    quiet_known_warnings,
+    quiet_progress_bars,
+    ray_data_logging_env,
+    worker_env,
+)
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.train.faults import ENV as FAULT_ENV
@@ -79,6 +84,7 @@ def start_local_ray(**init_kwargs: Any) -> None:
 
     os.environ.update(worker_env())
     os.environ.update({k: v for k, v in LOCAL_CLUSTER_ENV.items() if k not in os.environ})
+    os.environ.update(ray_data_logging_env(tempfile.mkdtemp(prefix="clipray-")))
     ray.init(**init_kwargs)
     # The node's CPUs reach the cluster's resource view a moment after ray.init returns; a Dataset
     # executed before that warns that "the Dataset job will hang" (and then runs normally).
