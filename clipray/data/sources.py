@@ -263,7 +263,7 @@ def ray_data_logging_env(directory: str) -> dict[str, str]:
     name = "RAY_DATA_LOGGING_CONFIG"
     if name in os.environ:
         return {}
-    config = copy.deepcopy(DEFAULT_CONFIG)
+    config: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
     config["loggers"][PROGRESS_LOGGER] = {"level": "ERROR", "propagate": True}
     path = os.path.join(directory, "clipray-ray-data-logging.yaml")
     with open(path, "w") as f:
