@@ -210,7 +210,12 @@ READ_UNIT_BYTES = 32 << 20
 # message; the executor runs in a Ray worker (the streaming_split coordinator), hence the
 # environment variable, and in the driver for `clipray eval`/`embed` (quiet_known_warnings).
 MIN_ACTORS_WARNING = "The minimum number of concurrent actors"
-WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0", "PYTHONWARNINGS": f"ignore:{MIN_ACTORS_WARNING}:UserWarning"}
+# DDP warns (once per worker) when a gradient's strides differ from its bucket view's. CPU 1x1
+# convolutions (CLIP's ResNet tower) return weight gradients whose strides differ only in
+# dimensions of size 1: the same memory layout, so nothing is wrong and nothing is slower.
+DDP_STRIDES_WARNING = "Grad strides do not match bucket view strides"
+WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0", "PYTHONWARNINGS": ",".join(
+    f"ignore:{message}:UserWarning" for message in (MIN_ACTORS_WARNING, DDP_STRIDES_WARNING))}
 
 
 def worker_env() -> dict[str, str]:
