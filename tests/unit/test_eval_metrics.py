@@ -128,3 +128,13 @@ def test_zero_shot_top1_per_class_attribute(tmp_path):
     (tmp_path / "classes.json").write_text(json.dumps({"classes": classes, "attributes": {"colour": ["red"]}}))
     with pytest.raises(ValueError, match="one per class"):
         load_class_attributes(str(tmp_path))
+
+
+def test_eval_table_lists_top1_per_attribute():
+    from clipray.eval.run import EvalResult, format_table
+
+    metrics = {"eval/zeroshot_top1": 0.5, "eval/zeroshot_top1_colour": 1.0, "eval/zeroshot_top1_shape": 0.5,
+               "eval/zeroshot_classes": 4.0, "eval/images": 8.0}
+    table = format_table(EvalResult("demo", metrics, None, "sqlite://", 1.0)).splitlines()
+    top1 = table.index("| zero-shot top-1 | 0.5000 |")
+    assert table[top1 + 1 : top1 + 3] == ["| zero-shot top-1, colour | 1.0000 |", "| zero-shot top-1, shape | 0.5000 |"]
