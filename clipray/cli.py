@@ -333,7 +333,9 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from clipray.data.sources import SourceError
+    from clipray.data.sources import SourceError, skip_known_log_lines
+
+    skip_known_log_lines()  # before anything imports ray
 
     args = build_parser().parse_args(argv)
     try:

@@ -244,6 +244,21 @@ def progress_bars_unwanted() -> bool:
 PROGRESS_LOGGER = "ray.data._internal.progress"
 
 
+# Ray's core logs an error-level line whenever an actor whose constructor arguments sit in the
+# object store may be restarted (ray#53727: a restart would fail if those objects were gone).
+# Ray Data creates every actor-pool worker that way (the map function is `ray.put` once, and
+# the operator holds it for as long as its actors live), so for clipray's preprocessing and
+# embedding actors the condition cannot occur. The driver drops the lines it forwards from the
+# workers that match; Ray reads the variable when `ray` is first imported.
+SKIP_LOG_LINES = r"has constructor arguments in the object store and max_restarts > 0"
+SKIP_LOG_LINES_ENV = "RAY_DEDUP_LOGS_SKIP_REGEX"
+
+
+def skip_known_log_lines() -> None:
+    """Set SKIP_LOG_LINES_ENV (unless the user set it) before this process imports ray."""
+    os.environ.setdefault(SKIP_LOG_LINES_ENV, SKIP_LOG_LINES)
+
+
 def quiet_known_warnings() -> None:
     """In this process, drop the Ray warnings that clipray knows do not apply (the workers of an
     embedded cluster get the same through `ray_data_logging_env`)."""
