@@ -294,7 +294,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     top1 = result.metrics.get("eval/zeroshot_top1")
     if top1 is not None:
         n = int(result.metrics["eval/zeroshot_classes"])
-        print(f"zero-shot top-1: {top1:.2f} ({n} classes, chance {1 / n:.3f})")
+        from clipray.eval.run import attribute_top1
+
+        by = ", ".join(f"{name} {v:.2f}" for name, v in attribute_top1(result.metrics).items())
+        print(f"zero-shot top-1: {top1:.2f} ({n} classes, chance {1 / n:.3f})" + (f"; top-1 by {by}" if by else ""))
     if result.model_version:
         print(f"model: {result.model_name} version {result.model_version} (mlflow.pyfunc.load_model("
               f"'models:/{result.model_name}/{result.model_version}'))")
@@ -403,7 +406,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A `UserError` (a setting, a file, a name the user can fix) is one line on
     stderr and exit code 2; anything else is a bug and keeps its traceback."""
+    from clipray.data.sources import skip_known_log_lines
     from clipray.errors import UserError
+
+    skip_known_log_lines()  # before anything imports ray
 
     args = build_parser().parse_args(argv)
     try:

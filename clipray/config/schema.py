@@ -67,6 +67,10 @@ class DataConfig:
     score_model: str | None = None  # the scoring model: run id, runs:/<id>, models:/name@alias or /name/N, checkpoint dir
     keep_scores: bool = False  # keep the `clip_score` column in curate's output
     score_actors: int = 1  # actors of the scoring stage (each loads the model once)
+    # Training batches in the same order on every run (Ray Data's preserve_order): the same seed,
+    # data and worker layout then give the same losses. Off trades that for whichever
+    # preprocessing actor finishes first (docs/determinism.md).
+    preserve_order: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.near_threshold < 64 or not 0 <= self.near_color_threshold < 64:

@@ -207,6 +207,11 @@ def build_dataset(config: PipelineConfig, *, train: bool = True, stats: Any = No
     ctx = DataContext.get_current()
     if not sys.stderr.isatty():  # per-operator bars are unreadable in logs; keep the overall one
         ctx.enable_operator_progress_bars = False
+    if train:
+        # Blocks leave the actor pool in input order and streaming_split deals them out in that
+        # order (Ray ignores locality hints then), so every worker sees the same rows in the same
+        # order on every run. The dataset keeps a copy of this context, taken when it is built.
+        ctx.execution_options.preserve_order = config.data.preserve_order
     d = config.data
     src = resolved if resolved is not None and files is None else resolve_source(config, source=source, files=files)
     shuffle_seed: int | None = seed if seed is not None else (

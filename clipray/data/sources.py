@@ -205,7 +205,19 @@ READ_UNIT_BYTES = 32 << 20
 # cores those threads spent 3.8 CPU-s reading 6,000 web rows (284 MB) where Arrow's own default,
 # one thread per core (the value 0 keeps it), spent 1.1. Ray reads the variable when a worker
 # imports its parquet reader, so it must be in the worker's environment from the start.
-WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0"}
+# Ray Data warns (a UserWarning, once per dataset execution) when a fixed actor pool gets fewer
+# input blocks than it has actors: a chunk of one small file makes one read unit. clipray sizes
+# its pools on purpose (clipray.data.pipeline: a fixed pool, not an autoscaling one), and an
+# idle actor on a small chunk needs no action from the user. Python matches the start of the
+# message; the executor runs in a Ray worker (the streaming_split coordinator), hence the
+# environment variable, and in the driver for `clipray eval`/`embed` (quiet_known_warnings).
+MIN_ACTORS_WARNING = "The minimum number of concurrent actors"
+# DDP warns (once per worker) when a gradient's strides differ from its bucket view's. CPU 1x1
+# convolutions (CLIP's ResNet tower) return weight gradients whose strides differ only in
+# dimensions of size 1: the same memory layout, so nothing is wrong and nothing is slower.
+DDP_STRIDES_WARNING = "Grad strides do not match bucket view strides"
+WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0", "PYTHONWARNINGS": ",".join(
+    f"ignore:{message}:UserWarning" for message in (MIN_ACTORS_WARNING, DDP_STRIDES_WARNING))}
 
 
 def worker_env() -> dict[str, str]:
@@ -226,6 +238,59 @@ def progress_bars_unwanted() -> bool:
     start and finish lines remain.
     """
     return not sys.stdout.isatty() and PROGRESS_BARS_OFF_ENV not in os.environ
+
+
+# Ray Data logs a warning, once per process, that progress bars are off; clipray turns them off
+# where output goes to a file (progress_bars_unwanted, build_dataset). Only this logger's warnings
+# are dropped; its errors, and every other Ray Data warning, still show.
+PROGRESS_LOGGER = "ray.data._internal.progress"
+
+
+# Ray's core logs an error-level line whenever an actor whose constructor arguments sit in the
+# object store may be restarted (ray#53727: a restart would fail if those objects were gone).
+# Ray Data creates every actor-pool worker that way (the map function is `ray.put` once, and
+# the operator holds it for as long as its actors live), so for clipray's preprocessing and
+# embedding actors the condition cannot occur. The driver drops the lines it forwards from the
+# workers that match; Ray reads the variable when `ray` is first imported.
+SKIP_LOG_LINES = r"has constructor arguments in the object store and max_restarts > 0"
+SKIP_LOG_LINES_ENV = "RAY_DEDUP_LOGS_SKIP_REGEX"
+
+
+def skip_known_log_lines() -> None:
+    """Set SKIP_LOG_LINES_ENV (unless the user set it) before this process imports ray."""
+    os.environ.setdefault(SKIP_LOG_LINES_ENV, SKIP_LOG_LINES)
+
+
+def quiet_known_warnings() -> None:
+    """In this process, drop the Ray warnings that clipray knows do not apply (the workers of an
+    embedded cluster get the same through `ray_data_logging_env`)."""
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=MIN_ACTORS_WARNING, category=UserWarning)
+    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.ERROR)
+
+
+def ray_data_logging_env(directory: str) -> dict[str, str]:
+    """`RAY_DATA_LOGGING_CONFIG` for the workers of an embedded cluster: Ray Data's own default
+    logging configuration plus PROGRESS_LOGGER at error level, written under `directory`.
+
+    Ray Data applies the file when a process imports it. A value the user set wins.
+    """
+    import copy
+
+    import yaml
+    from ray.data._internal.logging import DEFAULT_CONFIG  # Ray's defaults, so nothing else changes
+
+    name = "RAY_DATA_LOGGING_CONFIG"
+    if name in os.environ:
+        return {}
+    config: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
+    config["loggers"][PROGRESS_LOGGER] = {"level": "ERROR", "propagate": True}
+    path = os.path.join(directory, "clipray-ray-data-logging.yaml")
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    return {name: path}
 
 
 def quiet_progress_bars() -> None:

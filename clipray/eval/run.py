@@ -35,7 +35,7 @@ from clipray.eval.loading import (
     resolve_model,
 )
 from clipray.eval.suite import compute_metrics, text_encoder
-from clipray.eval.zeroshot import load_classes, parquet_files
+from clipray.eval.zeroshot import load_class_attributes, load_classes, parquet_files
 
 ROWS = [("zero-shot top-1", "zeroshot_top1"), ("zero-shot top-5", "zeroshot_top5"),
         ("chance (1 / classes)", "zeroshot_chance"),
@@ -71,6 +71,7 @@ def evaluate(model_ref: str, data: str, *, classes_file: str | None = None, name
     started = time.monotonic()
     files = parquet_files(data)  # the local inputs first: they fail faster than a model lookup
     classes, templates = load_classes(data, classes_file)
+    attributes = load_class_attributes(data, classes_file)
     source = resolve_model(model_ref, tracking_uri)
     config = source.config
     name = name or set_name(data)
@@ -89,7 +90,8 @@ def evaluate(model_ref: str, data: str, *, classes_file: str | None = None, name
     labels = np.asarray(table.column("label").to_numpy())
     captions = table.column("caption").to_pylist() if has_caption else None
     model = build_loaded_model(config, state_dict)
-    metrics = compute_metrics(image_emb, labels, captions, classes, templates, text_encoder(model, config))
+    metrics = compute_metrics(image_emb, labels, captions, classes, templates, text_encoder(model, config),
+                              attributes)
     metrics["eval/logit_scale"] = float(model.logit_scale.detach().exp())
     metrics["eval/images"] = float(len(labels))
     uri = resolve_tracking_uri(tracking_uri)
@@ -118,6 +120,12 @@ def _log(source: ModelSource, name: str, metrics: dict[str, float], uri: str, ex
     return tracker.run_id
 
 
+def attribute_top1(metrics: dict[str, float]) -> dict[str, float]:
+    """{attribute: top-1} from `eval/zeroshot_top1_<attribute>` metrics."""
+    prefix = "eval/zeroshot_top1_"
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
 def format_table(result: EvalResult) -> str:
     m = result.metrics
     n = int(m.get("eval/zeroshot_classes", 0))
@@ -126,6 +134,9 @@ def format_table(result: EvalResult) -> str:
     for label, key in ROWS:
         if f"eval/{key}" in m:
             lines.append(f"| {label} | {m[f'eval/{key}']:.4f} |")
+        if key == "zeroshot_top1":  # then top-1 by attribute of the classes, where classes.json has them
+            for name, value in attribute_top1(m).items():
+                lines.append(f"| zero-shot top-1, {name} | {value:.4f} |")
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ the model in the training process (periodic evaluation on rank 0, the launcher's
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,13 +29,15 @@ TextEncoder = Callable[[list[str]], torch.Tensor]  # texts -> L2-normalised embe
 
 
 def compute_metrics(image_emb: torch.Tensor, labels: np.ndarray | Sequence[int], captions: Sequence[str] | None,
-                    classes: list[str], templates: list[str], encode_texts: TextEncoder) -> dict[str, float]:
-    """Zero-shot top-1/5 over `classes` x `templates`; with captions also Recall@1/5/10 both ways and the gap."""
+                    classes: list[str], templates: list[str], encode_texts: TextEncoder,
+                    attributes: Mapping[str, Sequence[str]] | None = None) -> dict[str, float]:
+    """Zero-shot top-1/5 over `classes` x `templates` (and top-1 per attribute of the classes,
+    when given); with captions also Recall@1/5/10 both ways and the gap."""
     image_emb = F.normalize(image_emb.float(), dim=-1)
     prompts = [t.format(name) for name in classes for t in templates]
     prompt_emb = encode_texts(prompts).view(len(classes), len(templates), -1)
     weights = F.normalize(prompt_emb.mean(1), dim=-1)  # ensemble of normalised prompt embeddings
-    metrics = zero_shot_metrics(image_emb, labels, weights)
+    metrics = zero_shot_metrics(image_emb, labels, weights, attributes)
     if captions is not None:
         unique, groups = caption_groups(list(captions))
         text_emb = encode_texts(unique).to(image_emb.device)
@@ -70,7 +72,7 @@ def evaluate_in_process(model: Any, config: PipelineConfig, task: ZeroShotTask,
     try:
         feats = embed_images(model, task.images, config, device, config.eval.batch_size)
         metrics = compute_metrics(feats, task.labels, task.captions, task.classes, task.templates,
-                                  text_encoder(model, config, device, config.eval.batch_size))
+                                  text_encoder(model, config, device, config.eval.batch_size), task.attributes)
         if hasattr(model, "logit_scale"):
             metrics["eval/logit_scale"] = float(model.logit_scale.detach().exp())
     finally:

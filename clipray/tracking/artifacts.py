@@ -1,5 +1,6 @@
-"""What a run logs besides metrics: a picture of a sample batch, evaluation plots, the pyfunc model,
-and MLflow's system metrics while the driver runs."""
+"""What a run logs besides metrics: a picture of a sample batch, evaluation plots (zero-shot
+confusion matrix, a retrieval sheet), the loss and learning-rate curves, the pyfunc model, and
+MLflow's system metrics while the driver runs. Pictures are drawn with Pillow alone."""
 
 from __future__ import annotations
 
@@ -97,6 +98,13 @@ def log_sample_batch(tracker: Any, config: PipelineConfig, n: int = 8) -> None:
 
 
 def zero_shot_confusion(model: Any, config: PipelineConfig) -> tuple[np.ndarray, list[str]]:
+    confusion, classes, _ = _zero_shot_outputs(model, config)
+    return confusion, classes
+
+
+def _zero_shot_outputs(model: Any, config: PipelineConfig) -> tuple[np.ndarray, list[str], dict[str, Any]]:
+    """The confusion matrix, class names, and what the retrieval sheet needs (images, labels,
+    image embeddings, class weights), from one pass over the evaluation set."""
     import torch
 
     from clipray.eval.zeroshot import (
@@ -108,20 +116,126 @@ def zero_shot_confusion(model: Any, config: PipelineConfig) -> tuple[np.ndarray,
 
     task = load_zeroshot_task(config)
     device = torch.device("cpu")
-    weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
-    pred = (embed_images(model, task.images, config, device) @ weights.T).argmax(-1).numpy()
+    was_training = model.training
+    model.eval()
+    try:
+        weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
+        feats = embed_images(model, task.images, config, device)
+    finally:
+        model.train(was_training)
+    pred = (feats @ weights.T).argmax(-1).numpy()
     c = len(task.classes)
     confusion = np.zeros((c, c), dtype=np.int64)
     np.add.at(confusion, (np.asarray(task.labels), pred), 1)
-    return confusion, task.classes
+    return confusion, task.classes, {"images": task.images, "labels": np.asarray(task.labels),
+                                     "feats": feats.numpy(), "weights": weights.numpy(),
+                                     "templates": task.templates}
+
+
+def retrieval_queries(classes: list[str], templates: list[str], n: int = 6) -> list[tuple[str, int]]:
+    """`n` text queries spread evenly over the classes: (the first template filled in, class index)."""
+    m = min(n, len(classes))
+    picks = sorted({round(i * (len(classes) - 1) / max(1, m - 1)) for i in range(m)})
+    return [(templates[0].format(classes[i]), i) for i in picks]
+
+
+def retrieval_sheet(queries: list[str], images: np.ndarray, top: np.ndarray, hits: np.ndarray, path: Path,
+                    tile: int = 72) -> Path:
+    """One row per text query: the query, then its top-k images (uint8 N,S,S,3) in rank order.
+
+    `top` (Q, k) holds image indices, `hits` (Q, k) whether each is of the query's class: a green
+    frame marks a hit, a red one a miss.
+    """
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    label_w, pad = 170, 4
+    q, k = top.shape
+    sheet = Image.new("RGB", (label_w + k * (tile + pad) + pad, pad + q * (tile + pad) + 18), "white")
+    draw = ImageDraw.Draw(sheet)
+    draw.text((pad, 2), "text query -> top images (green: right class, red: wrong)", fill="black")
+    for row in range(q):
+        y = 18 + pad + row * (tile + pad)
+        lines = textwrap.wrap(queries[row], 24)[:4]
+        draw.multiline_text((pad, y + tile // 2 - 6 * len(lines)), "\n".join(lines), fill="black")
+        for col in range(k):
+            x = label_w + pad + col * (tile + pad)
+            frame = (40, 160, 60) if hits[row, col] else (200, 40, 40)
+            draw.rectangle([x - 2, y - 2, x + tile + 1, y + tile + 1], fill=frame)
+            sheet.paste(Image.fromarray(images[top[row, col]]).resize((tile, tile)), (x, y))
+    sheet.save(path)
+    return path
+
+
+def line_chart(series: dict[str, list[tuple[int, float]]], path: Path, width: int = 640,
+               panel_h: int = 200) -> Path:
+    """One panel per named series (step, value), stacked, with min/max and step labels."""
+    from PIL import Image, ImageDraw
+
+    left, right, top, gap = 70, 16, 22, 26
+    names = [n for n in series if series[n]]
+    img = Image.new("RGB", (width, max(1, len(names)) * (panel_h + gap) + 10), "white")
+    draw = ImageDraw.Draw(img)
+    for i, name in enumerate(names):
+        points = sorted(series[name])
+        y0 = i * (panel_h + gap) + top
+        h = panel_h - top
+        x_lo, x_hi = points[0][0], max(points[-1][0], points[0][0] + 1)
+        values = [v for _, v in points]
+        v_lo, v_hi = min(values), max(values)
+        span = (v_hi - v_lo) or 1.0
+        draw.text((left, y0 - 16), name, fill="black")
+        draw.rectangle([left, y0, width - right, y0 + h], outline=(160, 160, 160))
+        for frac in (0.25, 0.5, 0.75):  # light horizontal grid
+            y = y0 + h * frac
+            draw.line([(left + 1, y), (width - right - 1, y)], fill=(230, 230, 230))
+        draw.text((4, y0 - 4), f"{v_hi:.3g}", fill="black")
+        draw.text((4, y0 + h - 8), f"{v_lo:.3g}", fill="black")
+        draw.text((left, y0 + h + 2), str(x_lo), fill="black")
+        draw.text((width - right - 40, y0 + h + 2), f"step {x_hi}", fill="black")
+        xy = [(left + (s - x_lo) / (x_hi - x_lo) * (width - left - right), y0 + h - (v - v_lo) / span * h)
+              for s, v in points]
+        if len(xy) == 1:
+            draw.ellipse([xy[0][0] - 2, xy[0][1] - 2, xy[0][0] + 2, xy[0][1] + 2], fill=(30, 70, 200))
+        else:
+            draw.line(xy, fill=(30, 70, 200), width=2)
+    img.save(path)
+    return path
+
+
+CURVES = ("train/loss", "train/lr")
+
+
+def log_training_curves(tracker: Any) -> None:
+    """The run's loss and learning-rate history (as MLflow holds it) as `curves/training.png`."""
+    client = getattr(tracker, "client", None)
+    if client is None:  # a null tracker keeps no history
+        return
+    series = {name: [(m.step, m.value) for m in client.get_metric_history(tracker.run_id, name)] for name in CURVES}
+    if not any(series.values()):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tracker.log_artifact(str(line_chart(series, Path(tmp) / "training.png")), "curves")
 
 
 def log_eval_plots(tracker: Any, model: Any, config: PipelineConfig) -> None:
+    """`eval/zeroshot_confusion.png` and `eval/retrieval.png` (top-5 evaluation images per query)."""
     if not config.eval.zeroshot_source:
         return
-    confusion, classes = zero_shot_confusion(model, config)
+    confusion, classes, out = _zero_shot_outputs(model, config)
+    from clipray.eval.suite import text_encoder
+
+    queries = retrieval_queries(classes, out["templates"])
+    query_emb = text_encoder(model, config)([q for q, _ in queries]).numpy()
+    scores = query_emb @ out["feats"].T  # both L2-normalised: cosine similarity
+    k = min(5, scores.shape[1])
+    top = np.argsort(-scores, axis=1)[:, :k]
+    hits = out["labels"][top] == np.array([i for _, i in queries])[:, None]
     with tempfile.TemporaryDirectory() as tmp:
         tracker.log_artifact(str(confusion_figure(confusion, classes, Path(tmp) / "zeroshot_confusion.png")), "eval")
+        tracker.log_artifact(str(retrieval_sheet([q for q, _ in queries], out["images"], top, hits,
+                                                 Path(tmp) / "retrieval.png")), "eval")
 
 
 def first_example(config: PipelineConfig) -> tuple[bytes, str]:

@@ -13,7 +13,12 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
-from clipray.data.sources import quiet_progress_bars, worker_env
+from clipray.data.sources import (
+    quiet_known_warnings,
+    quiet_progress_bars,
+    ray_data_logging_env,
+    worker_env,
+)
 from clipray.models.summary import log_parameter_counts
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.train.faults import ENV as FAULT_ENV
@@ -39,6 +44,7 @@ def init_ray(config: PipelineConfig) -> None:
     if ray.is_initialized():
         return
     quiet_progress_bars()  # before worker_env() sets the variable for the workers
+    quiet_known_warnings()
     address = config.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         from ray.exceptions import AuthenticationError
@@ -77,7 +83,23 @@ def start_local_ray(**init_kwargs: Any) -> None:
     import ray
 
     os.environ.update(worker_env())
+    os.environ.update({k: v for k, v in LOCAL_CLUSTER_ENV.items() if k not in os.environ})
+    os.environ.update(ray_data_logging_env(tempfile.mkdtemp(prefix="clipray-")))
     ray.init(**init_kwargs)
+    # The node's CPUs reach the cluster's resource view a moment after ray.init returns; a Dataset
+    # executed before that warns that "the Dataset job will hang" (and then runs normally).
+    deadline = time.monotonic() + 10
+    while not ray.available_resources().get("CPU") and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+# Settings for an embedded single-node cluster only (the raylet and every worker inherit them):
+# - no preemption watcher: nothing preempts the local node, and Ray logs an error-level line
+#   about the watcher actor's constructor arguments at every start;
+# - worker start-up concurrency: the raylet warns once more Python workers than 4x this number
+#   exist (default: the CPU count). A 2-core run holds about 12 by design (controller, train
+#   workers, data actors, read tasks), most of them reserving fractions of a CPU.
+LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_worker_maximum_startup_concurrency": "8"}
 
 
 def storage_path(config: PipelineConfig) -> str:

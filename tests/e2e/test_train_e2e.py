@@ -14,6 +14,15 @@ from tests.conftest import ROOT, run_clipray
 
 pytestmark = pytest.mark.e2e
 
+# A warning- or error-level line: Python logging's level names (Ray's and clipray's loggers, the
+# raylet's forwarded "WARNING:" lines), Python warnings, and glog lines of Ray's C++ core
+# ("[2026-12-07 22:50:40,783 E 12760 12817] core_worker.cc:...").
+ALARMING = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|\w+Warning: |\d\d:\d\d:\d\d,\d{3} [EWF] \d+ \d+\]")
+
+
+def alarming_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if ALARMING.search(line)]
+
 
 def test_tiny_pipeline_trains_and_logs_one_mlflow_run(tiny_data: Path, run_env, tmp_path: Path):
     proc = run_clipray("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
@@ -22,6 +31,8 @@ def test_tiny_pipeline_trains_and_logs_one_mlflow_run(tiny_data: Path, run_env, 
                        "--set", f"train.storage_path={tmp_path / 'runs'}",
                        env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    # A normal run prints nothing at warning or error level (Ray's that do not apply are silenced).
+    assert alarming_lines(proc.stdout + proc.stderr) == []
     lines = proc.stdout.strip().splitlines()
     assert lines[-2].startswith("mlflow_run_id: ") and lines[-1].startswith("mlflow_tracking_uri: ")
     assert re.search(r"zero-shot top-1: [0-9.]+ \(24 classes, chance 0\.042\)", proc.stdout)

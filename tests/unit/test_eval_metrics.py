@@ -103,3 +103,38 @@ def test_set_name_from_path():
     assert set_name("data/digits/eval") == "digits"
     assert set_name("sets/mnist/") == "mnist"
     assert set_name("data/demo/eval/part-00000.parquet") == "demo"
+
+
+def test_zero_shot_top1_per_class_attribute(tmp_path):
+    import json
+
+    from clipray.eval.zeroshot import load_class_attributes
+
+    classes = ["red circle", "red square", "blue circle", "blue square"]
+    attributes = {"colour": ["red", "red", "blue", "blue"], "shape": ["circle", "square", "circle", "square"]}
+    weights = torch.eye(4)
+    # true 0 -> predicted 1 (colour right, shape wrong); 2 -> 0 (shape right); 3 -> 3; 1 -> 2 (both wrong)
+    feats = torch.eye(4)[[1, 0, 3, 2]]
+    m = zero_shot_metrics(feats, [0, 2, 3, 1], weights, attributes)
+    assert m["eval/zeroshot_top1"] == pytest.approx(1 / 4)
+    assert m["eval/zeroshot_top1_colour"] == pytest.approx(2 / 4)
+    assert m["eval/zeroshot_top1_shape"] == pytest.approx(2 / 4)
+    assert "eval/zeroshot_top1_colour" not in zero_shot_metrics(feats, [0, 2, 3, 1], weights)
+
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": classes, "attributes": attributes}))
+    assert load_class_attributes(str(tmp_path)) == attributes
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": classes}))
+    assert load_class_attributes(str(tmp_path)) is None
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": classes, "attributes": {"colour": ["red"]}}))
+    with pytest.raises(ValueError, match="one per class"):
+        load_class_attributes(str(tmp_path))
+
+
+def test_eval_table_lists_top1_per_attribute():
+    from clipray.eval.run import EvalResult, format_table
+
+    metrics = {"eval/zeroshot_top1": 0.5, "eval/zeroshot_top1_colour": 1.0, "eval/zeroshot_top1_shape": 0.5,
+               "eval/zeroshot_classes": 4.0, "eval/images": 8.0}
+    table = format_table(EvalResult("demo", metrics, None, "sqlite://", 1.0)).splitlines()
+    top1 = table.index("| zero-shot top-1 | 0.5000 |")
+    assert table[top1 + 1 : top1 + 3] == ["| zero-shot top-1, colour | 1.0000 |", "| zero-shot top-1, shape | 0.5000 |"]
