@@ -21,6 +21,7 @@ from typing import Any
 
 from clipray.bench import Benchmark, bench_registry
 from clipray.bench.flops import train_flops_per_sample
+from clipray.errors import UnknownNameError
 
 PEAKS_TFLOPS = (989.0, 790.0)
 MODELS = {"ViT-B/32": 32, "ViT-B/16": 16}
@@ -42,7 +43,7 @@ def model_config(name: str) -> Any:
     from clipray.config.schema import ModelConfig, TextTowerConfig, VisionConfig
 
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r} for bench gpu; choose from {sorted(MODELS)}")
+        raise UnknownNameError(f"unknown model {name!r} for bench gpu; choose from {sorted(MODELS)}")
     return ModelConfig(embed_dim=512, vision=VisionConfig(image_size=224, patch_size=MODELS[name], width=768,
                                                           layers=12, heads=12),
                        text=TextTowerConfig(context_length=77, width=512, layers=12, heads=8))

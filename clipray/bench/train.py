@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from clipray.bench import Benchmark, bench_registry
+from clipray.errors import InvalidInputError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -51,7 +52,7 @@ def bench_config(args: argparse.Namespace, source: str, cores: int) -> Any:
 def _steady_rate(history: list[tuple[int, float]], warmup: int) -> float:
     rates = [v for step, v in sorted(history) if step > warmup]
     if not rates:
-        raise ValueError("no logged interval after warm-up: raise --steps")
+        raise InvalidInputError("no logged interval after warm-up: raise --steps")
     return statistics.median(rates)
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from clipray.errors import InvalidInputError
+from clipray.errors import InvalidInputError, MissingFileError
 from clipray.registry import Registry
 
 WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -152,7 +152,7 @@ def write_openclipart(out: str | Path, *, image_size: int = 256, eval_per_class:
     from concurrent.futures import ProcessPoolExecutor
 
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root} does not exist: install Debian's openclipart-png "
+        raise MissingFileError(f"{root} does not exist: install Debian's openclipart-png "
                                 f"(apt-get install openclipart-png, or scripts/install-system-deps.sh)")
     files = sorted(os.path.join(d, f) for d, _, names in os.walk(root) for f in names if f.endswith(".png"))
     rng = np.random.default_rng(seed)

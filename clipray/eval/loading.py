@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from clipray.config import PipelineConfig, load_config
-from clipray.errors import MissingFileError
+from clipray.errors import InvalidInputError, MissingFileError
 from clipray.train.context import STATE_FILE, load_state
 
 CHECKPOINT_TAG = "clipray.checkpoint"
@@ -41,7 +41,7 @@ def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
         state = load_state(path)
         return ModelSource(_config_from_state(state, ref), str(path.resolve()), None, int(state.get("step", 0)), state)
     if ref.startswith("models:/"):
-        raise ValueError(f"--model {ref}: registered-model URIs are not supported here; pass the run id or a "
+        raise InvalidInputError(f"--model {ref}: registered-model URIs are not supported here; pass the run id or a "
                          f"checkpoint directory")
     run_id = ref.removeprefix("runs:/").strip("/").split("/")[0]
     return _from_run(run_id, tracking_uri)
@@ -95,7 +95,7 @@ def read_state(checkpoint: str) -> dict[str, Any]:
 
 def _config_from_state(state: dict[str, Any], where: str) -> PipelineConfig:
     if "config" not in state:
-        raise ValueError(f"checkpoint {where} has no 'config' entry; cannot tell the architecture")
+        raise InvalidInputError(f"checkpoint {where} has no 'config' entry; cannot tell the architecture")
     return load_config(data=state["config"])
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from clipray.config import PipelineConfig
 from clipray.data.ops.base import CountingStats
 from clipray.data.pipeline import Preprocess
-from clipray.errors import MissingFileError
+from clipray.errors import InvalidInputError, MissingFileError
 from clipray.models.common.image import to_model_input
 from clipray.text import load_tokenizer
 
@@ -55,7 +55,7 @@ def load_class_attributes(source: str, classes_file: str | None = None) -> dict[
     n = len(meta["classes"])
     if not isinstance(attributes, dict) or not all(
             isinstance(v, list) and len(v) == n for v in attributes.values()):
-        raise ValueError(f"{path}: 'attributes' must map each attribute name to a list of {n} values, one per "
+        raise InvalidInputError(f"{path}: 'attributes' must map each attribute name to a list of {n} values, one per "
                          f"class")
     return {str(name): [str(v) for v in values] for name, values in attributes.items()}
 
@@ -69,7 +69,7 @@ def _read_classes_file(source: str, classes_file: str | None) -> tuple[Path, dic
                                 f"eval.classes_file)")
     meta = json.loads(path.read_text())
     if not isinstance(meta, dict) or not meta.get("classes"):
-        raise ValueError(f"{path}: expected a JSON object with a non-empty 'classes' list")
+        raise InvalidInputError(f"{path}: expected a JSON object with a non-empty 'classes' list")
     return path, meta
 
 
@@ -84,7 +84,7 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
     """Labelled images (parquet with `jpg`, `label`, optional `caption`) and `classes.json` beside them."""
     source = source or config.eval.zeroshot_source
     if not source:
-        raise ValueError("eval.zeroshot_source is not set")
+        raise InvalidInputError("eval.zeroshot_source is not set")
     files = parquet_files(source)
     classes, templates = load_classes(source, config.eval.classes_file)
     has_caption = "caption" in pq.read_schema(files[0]).names

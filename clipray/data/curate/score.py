@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipray.data.ops.base import CountingStats, batch_len
+from clipray.errors import MissingFileError
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -51,9 +52,9 @@ def resolve_score_model(ref: str, tracking_uri: str | None = None) -> ModelSourc
                 name, _, number = spec.partition("/")
                 version = client.get_model_version(name, number)
         except MlflowException as e:
-            raise FileNotFoundError(f"data.score_model {ref}: not in the model registry at {uri} ({e})") from None
+            raise MissingFileError(f"data.score_model {ref}: not in the model registry at {uri} ({e})") from None
         if not version.run_id:
-            raise FileNotFoundError(f"data.score_model {ref}: version {version.version} has no training run")
+            raise MissingFileError(f"data.score_model {ref}: version {version.version} has no training run")
         return resolve_model(version.run_id, uri)
     return resolve_model(ref, tracking_uri)
 

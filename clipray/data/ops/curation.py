@@ -17,13 +17,14 @@ from typing import Any
 import numpy as np
 
 from clipray.data.ops.base import Batch, DropStats, drop_where, op_registry
+from clipray.errors import InvalidInputError
 
 # Longest operators first, so that `<=` is not read as `<`.
 _OPS = {"<=": "le", ">=": "ge", "==": "eq", "!=": "ne", "<": "lt", ">": "gt", "not in": "not_in", "in": "in"}
 _PREDICATE = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|!=|<|>|\bnot\s+in\b|\bin\b)\s*(.+?)\s*$")
 
 
-class PredicateError(ValueError):
+class PredicateError(InvalidInputError):
     """A `data.where` entry that cannot be parsed, or does not fit the data's schema."""
 
 
@@ -219,7 +220,7 @@ class LanguageFilter:
         self.identifier = LanguageIdentifier.from_model_file(MODEL_FILE)
         unknown = sorted(self.languages - set(self.identifier.nb_classes))
         if unknown:
-            raise ValueError(f"data.languages: {unknown} are not languages the identifier knows "
+            raise InvalidInputError(f"data.languages: {unknown} are not languages the identifier knows "
                              f"(ISO 639-1 codes such as en, de, fr, zh)")
 
     def identify(self, captions: Sequence[Any]) -> list[str]:

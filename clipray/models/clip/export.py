@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from clipray.config import PipelineConfig
+from clipray.errors import InvalidInputError
 
 FORMATS = ("open_clip", "openai")
 OPEN_CLIP_CONFIG = "open_clip_config.json"
@@ -36,7 +37,7 @@ OPENAI_WEIGHTS = "model.pt"
 OPENAI_HEAD_WIDTH = 64  # OpenAI's build_model (and open_clip's copy of it): heads = width // 64
 
 
-class ExportError(ValueError):
+class ExportError(InvalidInputError):
     """The model cannot be written in the asked format; the message says why and what to do."""
 
 
