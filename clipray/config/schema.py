@@ -255,10 +255,15 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
-    max_failures: int = 0
+    # Worker-group failures (a killed worker, a lost node) that Ray Train recovers from the latest
+    # checkpoint before the run fails; -1 = unlimited. On by default: a plain run survives them.
+    max_failures: int = 3
     seed: int = 0
     storage_path: str | None = None  # defaults to ./clipray_runs under the working directory
     torch_threads: int | None = None  # intra-op threads per worker; defaults to its CPU share
+    # Reliability (docs/reliability.md): consecutive non-finite steps (each skipped on every
+    # worker) before the run rolls back to the latest checkpoint, once; a second streak fails it.
+    max_skipped_steps: int = 5
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -268,6 +273,9 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be positive (or a [min, max] range), got {self.num_workers}")
         if self.micro_batches <= 0:
             raise ValueError(f"train.micro_batches must be positive, got {self.micro_batches}")
+        if self.max_skipped_steps <= 0 or self.max_failures < -1:
+            raise ValueError(f"train.max_skipped_steps must be positive and train.max_failures -1 or more, got "
+                             f"{self.max_skipped_steps} and {self.max_failures}")
         if self.elastic_resize_interval_s <= 0:
             raise ValueError(f"train.elastic_resize_interval_s must be positive, got {self.elastic_resize_interval_s}")
         for name, amount in self.resources_per_worker.items():

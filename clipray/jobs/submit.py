@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -89,12 +90,19 @@ def default_submission_id(name: str) -> str:
 
 def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (), *,
                 submission_id: str | None = None, metadata: dict[str, str] | None = None,
-                env_vars: dict[str, str] | None = None) -> PreparedJob:
-    """Load and validate the pipeline here (errors before anything reaches the cluster)."""
+                env_vars: dict[str, str] | None = None, resume: str | None = None) -> PreparedJob:
+    """Load and validate the pipeline here (errors before anything reaches the cluster).
+
+    `resume`: an MLflow run id the job continues (`clipray train --resume`).
+    """
     import clipray
 
     config = load_config(pipeline, overrides)
     resolved = resolve_for_job(config)
+    if resume:  # refused here, before the cluster sees it, as `clipray train --resume` would
+        from clipray.train.resume import resume_point
+
+        resume_point(load_config(data=resolved), resolved["tracking"]["tracking_uri"], resume)
     runtime_env: dict[str, Any] = {
         "py_modules": [str(Path(clipray.__file__).parent)],
         "excludes": ["__pycache__", "*.pyc"],
@@ -102,7 +110,8 @@ def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (),
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
     return PreparedJob(
-        config=config, resolved=resolved, entrypoint=f"python -m clipray train {CONFIG_NAME}",
+        config=config, resolved=resolved,
+        entrypoint=f"python -m clipray train {CONFIG_NAME}" + (f" --resume {shlex.quote(resume)}" if resume else ""),
         submission_id=submission_id or default_submission_id(config.name), runtime_env=runtime_env,
         metadata={"clipray.pipeline": config.name, **(metadata or {})},
     )
