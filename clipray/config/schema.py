@@ -38,6 +38,9 @@ class DataConfig:
     partition_filter: dict[str, list[str]] = field(default_factory=dict)
     partition_columns: list[str] = field(default_factory=list)  # partition keys carried to the output
     connect_timeout_s: float = 10.0  # S3 reachability/credentials check before Ray Data starts
+    # How long the driver's S3 pre-flight (listing, parquet footers) retries a stalled or restarting
+    # endpoint, with backoff, before the run fails naming the object and the endpoint.
+    s3_retry_s: float = 40.0
     # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order.
     ops: list[str] = field(default_factory=lambda: [
         "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "tokenize",
@@ -63,6 +66,8 @@ class DataConfig:
             raise ValueError("data.min_caption_chars must be between 0 and data.max_caption_chars")
         if self.connect_timeout_s <= 0:
             raise ValueError("data.connect_timeout_s must be positive")
+        if self.s3_retry_s < 0:
+            raise ValueError(f"data.s3_retry_s must not be negative, got {self.s3_retry_s}")
 
 
 @dataclass(kw_only=True)

@@ -4,8 +4,9 @@ The job's runtime environment carries
 - `working_dir`: a folder holding only `pipeline.yaml`, the resolved config (overrides applied,
   local paths made absolute so they still point at the data from the job's own working dir);
 - `py_modules`: the clipray package this command runs from, so the cluster runs the same code.
-The entrypoint is `python -m clipray train pipeline.yaml`; it reserves no CPU of its own
-(entrypoint_num_cpus=0), so the workers and data stages keep the cluster's CPUs.
+The entrypoint runs `-m clipray train pipeline.yaml` on the cluster's own interpreter
+(`cluster_python_command`); it reserves no CPU of its own (entrypoint_num_cpus=0), so the workers
+and data stages keep the cluster's CPUs.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ if TYPE_CHECKING:
 PATH_KEYS = (("data", "source"), ("eval", "zeroshot_source"), ("eval", "classes_file"), ("train", "storage_path"),
              ("model", "init_from"), ("text", "font"), ("text", "tokenizer"))
 CONFIG_NAME = "pipeline.yaml"
+# The job supervisor runs the entrypoint with `/bin/sh -c`, whose `python` is whatever the head's
+# PATH finds first: with `.venv/bin/ray start --head` (no venv on PATH) that is a python without
+# Ray. The interpreter the cluster does run is in its raylet's command line, which Ray gives the
+# exact worker command (`--python_worker_command=<python> .../setup_worker.py ...`); the raylet is
+# an ancestor of the supervisor that runs the entrypoint. So the entrypoint walks up from its
+# parent to that process and takes its python, falling back to `python` where there is no /proc.
+CLUSTER_PYTHON = (
+    'PY=$(p=$PPID; while [ "${p:-0}" -gt 1 ]; do '
+    "c=$(tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | sed -n 's/^--python_worker_command=\\([^ ]*\\).*/\\1/p'); "
+    'if [ -n "$c" ]; then echo "$c"; break; fi; '
+    "p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status 2>/dev/null); done); "
+    'exec "${PY:-python}"'
+)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -111,10 +125,16 @@ def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (),
         runtime_env["env_vars"] = dict(env_vars)
     return PreparedJob(
         config=config, resolved=resolved,
-        entrypoint=f"python -m clipray train {CONFIG_NAME}" + (f" --resume {shlex.quote(resume)}" if resume else ""),
+        entrypoint=cluster_python_command(f"-m clipray train {CONFIG_NAME}"
+                                          + (f" --resume {shlex.quote(resume)}" if resume else "")),
         submission_id=submission_id or default_submission_id(config.name), runtime_env=runtime_env,
         metadata={"clipray.pipeline": config.name, **(metadata or {})},
     )
+
+
+def cluster_python_command(args: str) -> str:
+    """A job entrypoint that runs `<the cluster's python> args` (see CLUSTER_PYTHON)."""
+    return f"{CLUSTER_PYTHON} {args}"
 
 
 def submit_pipeline(client: JobSubmissionClient, address: str, job: PreparedJob) -> str:

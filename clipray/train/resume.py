@@ -44,13 +44,14 @@ class ResumePoint:
 def config_differences(config: PipelineConfig, recorded: dict[str, str]) -> list[str]:
     """Keys (outside RESUMABLE_KEYS) whose value differs from the run's recorded params.
 
-    Masked secrets are not compared; keys the record lacks (a newer clipray's settings) neither.
+    Only config keys are compared (the run's params also hold e.g. parameter counts); masked
+    secrets are not, nor keys the record lacks (settings of a newer clipray).
     """
     from clipray.tracking.tracker import MASK, _param_value, mask_secrets
 
     mine = {k: _param_value(v) for k, v in mask_secrets(flatten(to_dict(config))).items()}
-    keys = (set(mine) | set(recorded)) - RESUMABLE_KEYS
-    return sorted(k for k in keys if k in recorded and recorded[k] != MASK and mine.get(k) != recorded[k])
+    keys = (set(mine) & set(recorded)) - RESUMABLE_KEYS
+    return sorted(k for k in keys if recorded[k] != MASK and mine[k] != recorded[k])
 
 
 def resume_point(config: PipelineConfig, tracking_uri: str, run_id: str) -> ResumePoint:
