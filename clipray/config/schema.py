@@ -269,6 +269,9 @@ class TrainConfig:
     # Reliability (docs/reliability.md): consecutive non-finite steps (each skipped on every
     # worker) before the run rolls back to the latest checkpoint, once; a second streak fails it.
     max_skipped_steps: int = 5
+    # Every N steps the workers ask Ray Train whether a node of theirs is being preempted (a node
+    # drain: the spot notice); after a notice every step is checkpointed. 0 = never ask.
+    preemption_check_every: int = 1
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -278,6 +281,8 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be positive (or a [min, max] range), got {self.num_workers}")
         if self.micro_batches <= 0:
             raise ValueError(f"train.micro_batches must be positive, got {self.micro_batches}")
+        if self.preemption_check_every < 0:
+            raise ValueError(f"train.preemption_check_every must be 0 or more, got {self.preemption_check_every}")
         if self.max_skipped_steps <= 0 or self.max_failures < -1:
             raise ValueError(f"train.max_skipped_steps must be positive and train.max_failures -1 or more, got "
                              f"{self.max_skipped_steps} and {self.max_failures}")

@@ -92,6 +92,7 @@ def _train(config: PipelineConfig, ctx: TrainContext, tracker: ExactlyOnceTracke
     periodic_eval = PeriodicEval(config, ctx.rank)
     last = time.perf_counter()
     first_step, loop_start = step, last  # for the ETA
+    preempted = False  # after a preemption notice every step is checkpointed: a restart replays <= 1
     while step < tc.steps:
         seen = 0
         for batch in ctx.batches(epoch):
@@ -121,8 +122,12 @@ def _train(config: PipelineConfig, ctx: TrainContext, tracker: ExactlyOnceTracke
             if periodic_eval.due(step):
                 tracker.log_metrics(periodic_eval(objective.module, ctx.device), step)
             maybe_die("step", step=step, rank=ctx.rank)
+            if not preempted and tc.preemption_check_every and step % tc.preemption_check_every == 0:
+                preempted = ctx.preemption_notice()
+                if preempted and ctx.rank == 0:
+                    _say(f"preemption notice at step {step}: checkpointing every step until the node goes")
             # Not amid a streak of skipped steps: a rollback must reach the state before it.
-            if (step % tc.checkpoint_every == 0 and not guard.streak) or step == tc.steps:
+            if (step % tc.checkpoint_every == 0 and not guard.streak) or step == tc.steps or preempted:
                 full = _state(objective, optimizer, scheduler, step, epoch, config, ctx.data_state())
                 full["skipped_steps"] = guard.skipped
                 ctx.report({"step": step, **metrics}, full if ctx.rank == 0 else None)

@@ -10,6 +10,7 @@ below, which say where and how wide it runs rather than what it trains.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +46,23 @@ def config_differences(config: PipelineConfig, recorded: dict[str, str]) -> list
     """Keys (outside RESUMABLE_KEYS) whose value differs from the run's recorded params.
 
     Only config keys are compared (the run's params also hold e.g. parameter counts); masked
-    secrets are not, nor keys the record lacks (settings of a newer clipray).
+    secrets are not, nor keys the record lacks (settings of a newer clipray). Relative paths are
+    compared as absolute paths from the working directory.
     """
+    from clipray.jobs.submit import PATH_KEYS, is_relative_path
     from clipray.tracking.tracker import MASK, _param_value, mask_secrets
 
     mine = {k: _param_value(v) for k, v in mask_secrets(flatten(to_dict(config))).items()}
     keys = (set(mine) & set(recorded)) - RESUMABLE_KEYS
-    return sorted(k for k in keys if recorded[k] != MASK and mine[k] != recorded[k])
+    paths = {f"{section}.{key}" for section, key in PATH_KEYS}
+
+    def same(key: str) -> bool:
+        a, b = mine[key], recorded[key]
+        if key in paths:  # a submitted job records its paths absolute; `clipray train` as given
+            a, b = (os.path.abspath(v) if is_relative_path(v) else v for v in (a, b))
+        return a == b
+
+    return sorted(k for k in keys if recorded[k] != MASK and not same(k))
 
 
 def resume_point(config: PipelineConfig, tracking_uri: str, run_id: str) -> ResumePoint:
