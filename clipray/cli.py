@@ -192,6 +192,8 @@ def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlruns.db")
     p.add_argument("--limit", type=_positive, default=10)
+    p.add_argument("--flush", default=None, metavar="DIR",
+                   help="deliver the metric records a run left in its spool (after a tracking-server outage)")
     p.set_defaults(func=cmd_runs)
 
 
@@ -204,6 +206,13 @@ def _add_resume_arg(p: argparse.ArgumentParser) -> None:
 def cmd_runs(args: argparse.Namespace) -> int:
     from clipray.tracking import resolve_tracking_uri
     from clipray.tracking.runs import format_runs, recent_runs
+
+    if args.flush:
+        from clipray.tracking.spool import flush_directory
+
+        for path, n in flush_directory(args.flush).items():
+            print(f"delivered {n} record(s) from {path}")
+        return 0
 
     print(format_runs(recent_runs(resolve_tracking_uri(args.tracking_uri), args.experiment, args.limit)))
     return 0

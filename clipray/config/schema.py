@@ -331,6 +331,10 @@ class TrackingConfig:
     parent_run_id: str | None = None  # nest the run under this MLflow run (tag mlflow.parentRunId)
     log_model: bool = True  # log the trained model as an MLflow pyfunc model and register it
     registered_model: str | None = None  # model registry name; defaults to the pipeline name
+    # Per-step metrics go through an on-disk spool on the rank-0 worker (clipray.tracking.spool):
+    # training goes on while the server is away; after training the run waits this long for it.
+    flush_timeout_s: float = 600.0
+    spool_dir: str | None = None  # defaults to <temp dir>/clipray-spool on the worker
 
 
 @dataclass(kw_only=True)

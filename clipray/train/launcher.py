@@ -105,6 +105,7 @@ def _worker_entry(loop_config: dict[str, Any]) -> dict[str, str] | None:
     """Runs in every Ray Train worker; rank 0 logs into the driver's MLflow run."""
     import torch
 
+    from clipray.tracking.spool import SpoolingTracker, TrackingOutage
     from clipray.train.context import RayTrainContext
     from clipray.train.guard import NonFiniteError
     from clipray.train.loop import train_loop
@@ -114,13 +115,19 @@ def _worker_entry(loop_config: dict[str, Any]) -> dict[str, str] | None:
     torch.set_num_threads(tc.torch_threads or max(1, int(tc.cpus_per_worker)))
     ctx = RayTrainContext(config, files=loop_config["files"], checkpoint_root=loop_config["checkpoint_root"],
                           stats=loop_config.get("stats"))
-    tracker = MlflowTracker(loop_config["tracking_uri"], loop_config["run_id"]) if ctx.rank == 0 else NullTracker()
+    tracker: SpoolingTracker | NullTracker = NullTracker()
+    if ctx.rank == 0:
+        spool = config.tracking.spool_dir or os.path.join(tempfile.gettempdir(), "clipray-spool")
+        tracker = SpoolingTracker(MlflowTracker(loop_config["tracking_uri"], loop_config["run_id"]), spool)
     try:
         train_loop(config, ctx, tracker, init_model=loop_config.get("init_model"))
-    except NonFiniteError as e:
-        # Every rank raises it at the same step. Raised from here, Ray Train would retry it as a
-        # worker failure; returned, it reaches the driver (Result.return_value) as the run's error.
-        return {"error": str(e)}
+        if isinstance(tracker, SpoolingTracker):
+            tracker.close_spool(config.tracking.flush_timeout_s)
+    except (NonFiniteError, TrackingOutage) as e:
+        # Not worth a restart (every rank raises a NonFiniteError at the same step; an outage
+        # comes after training). Raised from here, Ray Train would retry them as worker failures;
+        # returned, they reach the driver (Result.return_value) as the run's error.
+        return {"error": str(e), "type": type(e).__name__}
     return None
 
 
@@ -141,6 +148,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
 
     from clipray.data.pipeline import preflight
     from clipray.data.stats import stats_actor
+    from clipray.tracking.spool import TrackingOutage
     from clipray.train.callbacks import RestartTracker
     from clipray.train.checkpoint import CheckpointStore
     from clipray.train.guard import NonFiniteError
@@ -220,7 +228,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
             raise result.error
         returned = getattr(result, "return_value", None)  # rank 0's; V2's Result (mypy sees V1's)
         if isinstance(returned, dict) and returned.get("error"):
-            raise NonFiniteError(returned["error"])
+            raise (TrackingOutage if returned.get("type") == "TrackingOutage" else NonFiniteError)(returned["error"])
         train_s = time.monotonic() - started
         data = ray.get(stats.snapshot.remote())
         metrics = data_metrics(data, train_s)
