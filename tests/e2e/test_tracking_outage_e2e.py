@@ -11,7 +11,6 @@ the client's retry budget: only the spool carries the records across it.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,9 +52,12 @@ class GoesDown(LocalContext):
         super().__init__(batches)
         self.server, self.up_after = server, up_after
         self.restarted = threading.Event()
+        self.drawn = 0  # batches drawn so far
+        self.drawn_when_back: int | None = None
 
     def batches(self, epoch):
         for i, b in enumerate(super().batches(epoch)):
+            self.drawn += 1
             if i == DOWN_AT:
                 self.server.stop()
                 if self.up_after is not None:
@@ -63,6 +65,7 @@ class GoesDown(LocalContext):
             yield b
 
     def _up(self) -> None:
+        self.drawn_when_back = self.drawn  # how far training got while the server was away
         self.server.start()
         self.restarted.set()
 
@@ -76,14 +79,11 @@ def test_outage_longer_than_the_client_retries_loses_nothing(server: MlflowServe
     run_id = start_run("outage", server.url).run_id
     spool = SpoolingTracker(MlflowTracker(server.url, run_id), tmp_path / "spool", max_backoff_s=2)
     ctx = GoesDown(batches_from(tiny_data, cfg), server, up_after=OUTAGE_S)
-    started = time.monotonic()
     train_loop(cfg, ctx, spool)
-    trained_s = time.monotonic() - started
-    came_back_during_training = ctx.restarted.is_set()
     spool.close_spool(timeout_s=900)  # `mlflow server` takes seconds to start again, minutes on a loaded machine
-    assert ctx.restarted.is_set() and spool.outage_s >= OUTAGE_S / 2, (spool.outage_s, trained_s)
-    if not came_back_during_training:  # training was not held up by the outage
-        assert trained_s < OUTAGE_S + 30
+    assert ctx.restarted.is_set() and spool.outage_s >= OUTAGE_S / 2, spool.outage_s
+    # Training was not held up: it went on drawing batches while the server was away.
+    assert ctx.drawn_when_back is not None and ctx.drawn_when_back >= DOWN_AT + 4, ctx.drawn_when_back
     assert _steps(server.url, run_id) == list(range(1, STEPS + 1))  # all delivered, none twice
     assert not spool.path.exists()
 
