@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a pipeline on Ray and log it to MLflow")
     _add_pipeline_args(p)
+    _add_resume_arg(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("sweep", help="train the variants of a sweep file as MLflow child runs of one parent run")
@@ -139,6 +140,7 @@ def _add_jobs_commands(sub: argparse._SubParsersAction) -> None:
     jc.add_address(p)
     p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its outcome")
     p.add_argument("--submission-id", default=None, help="job id (a resubmitted id is refused by Ray)")
+    _add_resume_arg(p)
     p.set_defaults(func=jc.cmd_submit)
 
     jobs = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs").add_subparsers(
@@ -204,12 +206,27 @@ def _add_schedule_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--experiment", default=None, help="only this experiment (default: all)")
     p.add_argument("--tracking-uri", default=None, help="default: $MLFLOW_TRACKING_URI, else ./mlruns.db")
     p.add_argument("--limit", type=_positive, default=10)
+    p.add_argument("--flush", default=None, metavar="DIR",
+                   help="deliver the metric records a run left in its spool (after a tracking-server outage)")
     p.set_defaults(func=cmd_runs)
+
+
+def _add_resume_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--resume", default=None, metavar="RUN_ID",
+                   help="continue this MLflow run (its driver was lost) from its latest committed checkpoint; "
+                        "the pipeline must match the run's recorded config")
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
     from clipray.tracking import resolve_tracking_uri
     from clipray.tracking.runs import format_runs, recent_runs
+
+    if args.flush:
+        from clipray.tracking.spool import flush_directory
+
+        for path, n in flush_directory(args.flush).items():
+            print(f"delivered {n} record(s) from {path}")
+        return 0
 
     print(format_runs(recent_runs(resolve_tracking_uri(args.tracking_uri), args.experiment, args.limit)))
     return 0
@@ -288,7 +305,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     check_tokenizer(config)  # also in the launcher's preflight; here before an MLflow run is opened
 
-    result = train(config)
+    result = train(config, resume=args.resume)
     dropped = ", ".join(f"{k} {v}" for k, v in result.data["dropped"].items()) or "none"
     print(f"data: {result.data['rows_in']} rows in, {result.data['rows_out']} out; dropped: {dropped}")
     top1 = result.metrics.get("eval/zeroshot_top1")

@@ -38,6 +38,9 @@ class DataConfig:
     partition_filter: dict[str, list[str]] = field(default_factory=dict)
     partition_columns: list[str] = field(default_factory=list)  # partition keys carried to the output
     connect_timeout_s: float = 10.0  # S3 reachability/credentials check before Ray Data starts
+    # How long the driver's S3 pre-flight (listing, parquet footers) retries a stalled or restarting
+    # endpoint, with backoff, before the run fails naming the object and the endpoint.
+    s3_retry_s: float = 40.0
     # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order.
     ops: list[str] = field(default_factory=lambda: [
         "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "tokenize",
@@ -91,6 +94,8 @@ class DataConfig:
             raise ValueError("data.min_caption_chars must be between 0 and data.max_caption_chars")
         if self.connect_timeout_s <= 0:
             raise ValueError("data.connect_timeout_s must be positive")
+        if self.s3_retry_s < 0:
+            raise ValueError(f"data.s3_retry_s must not be negative, got {self.s3_retry_s}")
 
 
 @dataclass(kw_only=True)
@@ -283,10 +288,18 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 200
     keep_checkpoints: int = 2
-    max_failures: int = 0
+    # Worker-group failures (a killed worker, a lost node) that Ray Train recovers from the latest
+    # checkpoint before the run fails; -1 = unlimited. On by default: a plain run survives them.
+    max_failures: int = 3
     seed: int = 0
     storage_path: str | None = None  # defaults to ./clipray_runs under the working directory
     torch_threads: int | None = None  # intra-op threads per worker; defaults to its CPU share
+    # Reliability (docs/reliability.md): consecutive non-finite steps (each skipped on every
+    # worker) before the run rolls back to the latest checkpoint, once; a second streak fails it.
+    max_skipped_steps: int = 5
+    # Every N steps the workers ask Ray Train whether a node of theirs is being preempted (a node
+    # drain: the spot notice); after a notice every step is checkpointed. 0 = never ask.
+    preemption_check_every: int = 1
 
     def __post_init__(self) -> None:
         if self.steps <= 0:
@@ -296,6 +309,11 @@ class TrainConfig:
             raise ValueError(f"train.num_workers must be positive (or a [min, max] range), got {self.num_workers}")
         if self.micro_batches <= 0:
             raise ValueError(f"train.micro_batches must be positive, got {self.micro_batches}")
+        if self.preemption_check_every < 0:
+            raise ValueError(f"train.preemption_check_every must be 0 or more, got {self.preemption_check_every}")
+        if self.max_skipped_steps <= 0 or self.max_failures < -1:
+            raise ValueError(f"train.max_skipped_steps must be positive and train.max_failures -1 or more, got "
+                             f"{self.max_skipped_steps} and {self.max_failures}")
         if self.elastic_resize_interval_s <= 0:
             raise ValueError(f"train.elastic_resize_interval_s must be positive, got {self.elastic_resize_interval_s}")
         for name, amount in self.resources_per_worker.items():
@@ -350,6 +368,10 @@ class TrackingConfig:
     parent_run_id: str | None = None  # nest the run under this MLflow run (tag mlflow.parentRunId)
     log_model: bool = True  # log the trained model as an MLflow pyfunc model and register it
     registered_model: str | None = None  # model registry name; defaults to the pipeline name
+    # Per-step metrics go through an on-disk spool on the rank-0 worker (clipray.tracking.spool):
+    # training goes on while the server is away; after training the run waits this long for it.
+    flush_timeout_s: float = 600.0
+    spool_dir: str | None = None  # defaults to <temp dir>/clipray-spool on the worker
 
 
 @dataclass(kw_only=True)

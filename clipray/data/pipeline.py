@@ -275,10 +275,11 @@ def resolve_source(config: PipelineConfig, *, source: str | None = None,
                    files: Sequence[str] | None = None) -> Source:
     """List (or take) the files, check S3 access and required columns; all before Ray Data starts."""
     d = config.data
-    src = resolve(source or d.source, d.endpoint_url, partition_filter=d.partition_filter, timeout_s=d.connect_timeout_s)
+    src = resolve(source or d.source, d.endpoint_url, partition_filter=d.partition_filter, timeout_s=d.connect_timeout_s,
+                  retry_s=d.s3_retry_s)
     if files is not None:
-        src = Source(list(files), src.filesystem, src.root, src.uri)
-    check_columns(src, required_columns(config))
+        src = Source(list(files), src.filesystem, src.root, src.uri, src.endpoint)
+    check_columns(src, required_columns(config), retry_s=d.s3_retry_s)
     if d.where:
         from clipray.data.curate.preflight import check_where
 

@@ -10,10 +10,11 @@ import contextlib
 import glob
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clipray.errors import InvalidInputError, MissingFileError, UserError
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
 
 # Files whose schema is checked before reading (all of them when there are at most this many).
 SCHEMA_CHECK_FILES = 64
+
+
+T = TypeVar("T")
 
 
 class SourceError(UserError, RuntimeError):
@@ -41,6 +45,7 @@ class Source:
     filesystem: pyarrow.fs.FileSystem | None
     root: str
     uri: str
+    endpoint: str = ""  # of an S3 source, for error messages
 
     def display(self, path: str) -> str:
         return f"s3://{path}" if self.uri.startswith("s3://") else path
@@ -103,17 +108,53 @@ def _classify_s3_error(e: BaseException) -> str:
     return "S3 request failed"
 
 
-def _list_s3(source: str, endpoint_url: str | None, timeout_s: float) -> tuple[list[str], pyarrow.fs.FileSystem]:
+# How long the driver's pre-flight (listing, parquet footers) retries an S3 endpoint that stalls
+# or restarts before the run fails (data.s3_retry_s): a 20-second stall is ridden out, an endpoint
+# that never answers fails within a minute.
+S3_RETRY_S = 40.0
+_TRANSIENT = "endpoint unreachable"  # what _classify_s3_error says of stalls, refusals, timeouts
+
+
+def _transient(e: BaseException) -> bool:
+    text = str(e)
+    return _classify_s3_error(e).startswith(_TRANSIENT) or any(
+        s in text for s in ("SERVICE_UNAVAILABLE", "SLOW_DOWN", "INTERNAL_FAILURE", "HTTP status 5", "Broken pipe",
+                            "Connection reset"))
+
+
+def with_s3_retries(call: Callable[[], T], what: str, endpoint: str, retry_s: float = S3_RETRY_S) -> T:
+    """`call()`, retried with exponential backoff (0.5 s doubling to 8 s) while it fails with a
+    transient S3 error, for up to `retry_s`; then a SourceError naming `what` and the endpoint.
+    Credentials and missing buckets fail at once."""
+    start = time.monotonic()
+    delay = 0.5
+    while True:
+        try:
+            return call()
+        except OSError as e:
+            waited = time.monotonic() - start
+            if not _transient(e) or waited + delay > retry_s:
+                again = f" (retried for {waited:.0f} s)" if _transient(e) else ""
+                raise SourceError(f"{what} at {endpoint}: {_classify_s3_error(e)}{again}: {e}") from None
+            time.sleep(delay)
+            delay = min(2 * delay, 8.0)
+
+
+def endpoint_name(endpoint_url: str | None) -> str:
+    return endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS default endpoint"
+
+
+def _list_s3(source: str, endpoint_url: str | None, timeout_s: float,
+             retry_s: float = S3_RETRY_S) -> tuple[list[str], pyarrow.fs.FileSystem]:
     from pyarrow import fs
 
     path = source.removeprefix("s3://").rstrip("/")
     probe = s3_filesystem(endpoint_url, timeout_s=timeout_s)
-    endpoint = endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or "AWS default endpoint"
-    try:
-        # One listing with short timeouts and no retries: reachability, credentials and the prefix.
-        infos = probe.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True))
-    except OSError as e:
-        raise SourceError(f"data.source {source!r} at {endpoint}: {_classify_s3_error(e)}: {e}") from None
+    endpoint = endpoint_name(endpoint_url)
+    # Listings with short timeouts and no retries of their own: reachability, credentials and
+    # the prefix; a stalled or restarting endpoint is retried by with_s3_retries.
+    infos = with_s3_retries(lambda: probe.get_file_info(fs.FileSelector(path, recursive=True, allow_not_found=True)),
+                            f"data.source {source!r}", endpoint, retry_s)
     files = sorted(i.path for i in infos if i.type == fs.FileType.File and i.path.endswith(".parquet"))
     if not files:
         info = probe.get_file_info(path)
@@ -154,12 +195,12 @@ def partition_matches(parts: Mapping[str, str], wanted: Mapping[str, Sequence[An
 
 
 def resolve(source: str, endpoint_url: str | None = None, *, partition_filter: Mapping[str, Sequence[Any]] | None = None,
-            timeout_s: float = 10.0) -> Source:
+            timeout_s: float = 10.0, retry_s: float = S3_RETRY_S) -> Source:
     """List the parquet files of `source` (sorted), keeping only partitions in `partition_filter`."""
     if not source:
         raise InvalidInputError("data.source is empty: set it to a parquet directory, glob or s3:// URI")
     if source.startswith("s3://"):
-        files, filesystem = _list_s3(source, endpoint_url, timeout_s)
+        files, filesystem = _list_s3(source, endpoint_url, timeout_s, retry_s)
         root: str = source.removeprefix("s3://").rstrip("/")
     else:
         files, root = _list_local(source)
@@ -168,16 +209,25 @@ def resolve(source: str, endpoint_url: str | None = None, *, partition_filter: M
         files = [f for f in files if partition_matches(hive_partitions(f, root), partition_filter)]
         if not files:
             raise MissingFileError(f"data.source {source!r}: no files in partitions {dict(partition_filter)}")
-    return Source(files, filesystem, root, source)
+    return Source(files, filesystem, root, source, endpoint_name(endpoint_url) if filesystem is not None else "")
 
 
-def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_CHECK_FILES) -> None:
-    """Fail fast, naming the file and the column, when a parquet schema lacks a required column."""
+def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_CHECK_FILES,
+                  retry_s: float = S3_RETRY_S) -> None:
+    """Fail fast, naming the file and the column, when a parquet schema lacks a required column.
+    Footers on S3 are read with `with_s3_retries` (a stall or restart of the endpoint is retried)."""
     import pyarrow.parquet as pq
 
     def missing(path: str) -> tuple[str, list[str]]:
         try:
-            names = set(pq.read_schema(path, filesystem=src.filesystem).names)
+            if src.filesystem is not None:
+                schema = with_s3_retries(lambda: pq.read_schema(path, filesystem=src.filesystem),
+                                         f"{src.display(path)}: cannot read the parquet footer", src.endpoint, retry_s)
+            else:
+                schema = pq.read_schema(path)
+            names = set(schema.names)
+        except SourceError:
+            raise
         except Exception as e:
             raise SourceError(f"{src.display(path)}: cannot read the parquet footer: {e}") from None
         return path, [c for c in required if c not in names]

@@ -16,7 +16,7 @@ def add_address(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    job = prepare_job(args.pipeline, args.overrides, submission_id=args.submission_id)
+    job = prepare_job(args.pipeline, args.overrides, submission_id=args.submission_id, resume=args.resume)
     client = connect(args.address)
     address = client.get_address()
     job_id = submit_pipeline(client, address, job)

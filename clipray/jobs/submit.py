@@ -4,8 +4,9 @@ The job's runtime environment carries
 - `working_dir`: a folder holding only `pipeline.yaml`, the resolved config (overrides applied,
   local paths made absolute so they still point at the data from the job's own working dir);
 - `py_modules`: the clipray package this command runs from, so the cluster runs the same code.
-The entrypoint is `python -m clipray train pipeline.yaml`; it reserves no CPU of its own
-(entrypoint_num_cpus=0), so the workers and data stages keep the cluster's CPUs.
+The entrypoint runs `-m clipray train pipeline.yaml` on the cluster's own interpreter
+(`cluster_python_command`); it reserves no CPU of its own (entrypoint_num_cpus=0), so the workers
+and data stages keep the cluster's CPUs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shlex
 import sys
 import tempfile
 import time
@@ -34,6 +36,19 @@ if TYPE_CHECKING:
 PATH_KEYS = (("data", "source"), ("eval", "zeroshot_source"), ("eval", "classes_file"), ("train", "storage_path"),
              ("model", "init_from"), ("text", "font"), ("text", "tokenizer"))
 CONFIG_NAME = "pipeline.yaml"
+# The job supervisor runs the entrypoint with `/bin/sh -c`, whose `python` is whatever the head's
+# PATH finds first: with `.venv/bin/ray start --head` (no venv on PATH) that is a python without
+# Ray. The interpreter the cluster does run is in its raylet's command line, which Ray gives the
+# exact worker command (`--python_worker_command=<python> .../setup_worker.py ...`); the raylet is
+# an ancestor of the supervisor that runs the entrypoint. So the entrypoint walks up from its
+# parent to that process and takes its python, falling back to `python` where there is no /proc.
+CLUSTER_PYTHON = (
+    'PY=$(p=$PPID; while [ "${p:-0}" -gt 1 ]; do '
+    "c=$(tr '\\0' '\\n' < /proc/$p/cmdline 2>/dev/null | sed -n 's/^--python_worker_command=\\([^ ]*\\).*/\\1/p'); "
+    'if [ -n "$c" ]; then echo "$c"; break; fi; '
+    "p=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$p/status 2>/dev/null); done); "
+    'exec "${PY:-python}"'
+)
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
@@ -89,14 +104,21 @@ def default_submission_id(name: str) -> str:
 
 def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (), *,
                 submission_id: str | None = None, metadata: dict[str, str] | None = None,
-                env_vars: dict[str, str] | None = None) -> PreparedJob:
-    """Load and validate the pipeline here (errors before anything reaches the cluster)."""
+                env_vars: dict[str, str] | None = None, resume: str | None = None) -> PreparedJob:
+    """Load and validate the pipeline here (errors before anything reaches the cluster).
+
+    `resume`: an MLflow run id the job continues (`clipray train --resume`).
+    """
     import clipray
     from clipray.data.pipeline import check_tokenizer
 
     config = load_config(pipeline, overrides)
     check_tokenizer(config, remote_ok=True)  # a vocabulary too large for the text tower never reaches the cluster
     resolved = resolve_for_job(config)
+    if resume:  # refused here, before the cluster sees it, as `clipray train --resume` would
+        from clipray.train.resume import resume_point
+
+        resume_point(load_config(data=resolved), resolved["tracking"]["tracking_uri"], resume)
     runtime_env: dict[str, Any] = {
         "py_modules": [str(Path(clipray.__file__).parent)],
         "excludes": ["__pycache__", "*.pyc"],
@@ -104,10 +126,17 @@ def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (),
     if env_vars:
         runtime_env["env_vars"] = dict(env_vars)
     return PreparedJob(
-        config=config, resolved=resolved, entrypoint=f"python -m clipray train {CONFIG_NAME}",
+        config=config, resolved=resolved,
+        entrypoint=cluster_python_command(f"-m clipray train {CONFIG_NAME}"
+                                          + (f" --resume {shlex.quote(resume)}" if resume else "")),
         submission_id=submission_id or default_submission_id(config.name), runtime_env=runtime_env,
         metadata={"clipray.pipeline": config.name, **(metadata or {})},
     )
+
+
+def cluster_python_command(args: str) -> str:
+    """A job entrypoint that runs `<the cluster's python> args` (see CLUSTER_PYTHON)."""
+    return f"{CLUSTER_PYTHON} {args}"
 
 
 def submit_pipeline(client: JobSubmissionClient, address: str, job: PreparedJob) -> str:

@@ -9,8 +9,9 @@ worker-group restarts, so it is the one place that sees every restart:
   group is shut down and restarted at the new size, and shows as a change of `train/world_size`
   between two reports with no failure in between.
 
-Each is logged as the metric `train/restarts` (restarts so far, at the last reported step) and the
-tags `clipray.restart.<n>.cause` and `clipray.restart.<n>.after_step`.
+Each is logged as the metrics `train/restarts` (restarts so far, at the last reported step) and
+`train/resumed_from_step` (the latest committed checkpoint, which the new group starts after), and
+the tags `clipray.restart.<n>.cause` and `clipray.restart.<n>.after_step`.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from ray.train import UserCallback
 class RestartTracker(UserCallback):
     """Counts worker-group restarts into MLflow (tracking URI and run id resolved by the driver)."""
 
-    def __init__(self, tracking_uri: str, run_id: str) -> None:
+    def __init__(self, tracking_uri: str, run_id: str, checkpoint_root: str, restarts: int = 0) -> None:
         self.tracking_uri = tracking_uri
         self.run_id = run_id
-        self.restarts = 0
+        self.checkpoint_root = checkpoint_root
+        self.restarts = restarts  # so far (a resumed run counts its earlier ones)
         self.last_step = 0
         self.world_size: int | None = None  # at the last report
         self.failed_since_report = False
@@ -49,9 +51,13 @@ class RestartTracker(UserCallback):
 
     def _record(self, cause: str) -> None:
         from clipray.tracking import MlflowTracker
+        from clipray.train.checkpoint import CheckpointStore
 
         self.restarts += 1
+        # The group is down: no checkpoint commits before the new one starts from this one.
+        resumed = CheckpointStore(self.checkpoint_root).latest() or 0
         tracker = MlflowTracker(self.tracking_uri, self.run_id)
-        tracker.log_metrics({"train/restarts": float(self.restarts)}, step=self.last_step)
+        tracker.log_metrics({"train/restarts": float(self.restarts), "train/resumed_from_step": float(resumed)},
+                            step=self.last_step)
         tracker.set_tags({f"clipray.restart.{self.restarts}.cause": cause[:4000],
                           f"clipray.restart.{self.restarts}.after_step": str(self.last_step)})

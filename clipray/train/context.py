@@ -46,6 +46,10 @@ class TrainContext(Protocol):
         """Resume the data from a checkpoint's cursor (before the first `batches` call)."""
         ...
 
+    def preemption_notice(self) -> bool:
+        """Collective: True once the cluster has said that a node of this group is going away."""
+        ...
+
 
 def save_state(state: dict[str, Any], directory: str | os.PathLike[str]) -> Path:
     """Write atomically: a crash mid-write leaves no file under the final name."""
@@ -92,6 +96,9 @@ class LocalContext:
 
     def load_data_state(self, state: dict[str, Any] | None) -> None:
         pass
+
+    def preemption_notice(self) -> bool:
+        return False
 
 
 class RayTrainContext:
@@ -204,3 +211,10 @@ class RayTrainContext:
 
     def latest_state(self) -> dict[str, Any] | None:
         return self.store.load()
+
+    def preemption_notice(self) -> bool:
+        # Ray Train's preemption watcher sees a node drain (a spot notice through the autoscaler,
+        # `ray drain-node --reason DRAIN_NODE_REASON_PREEMPTION`); rank 0's view is broadcast.
+        import ray.train
+
+        return ray.train.get_preemption_info() is not None

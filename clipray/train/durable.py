@@ -1,15 +1,14 @@
-"""Metrics that reach MLflow only once their step is durable, and a log of the samples trained on.
+"""Metrics logged as soon as they exist, exactly once per (metric, step) across restarts; and a
+log of the samples trained on.
 
-A restarted worker group resumes from the latest checkpoint and replays the steps after it. If
-those steps had been logged, MLflow would hold them twice (one metric history per run, with
-duplicates). `DurableTracker` buffers per-step metrics and writes them when the checkpoint that
-covers them has been committed (`flush`), so each step is logged exactly once, before or after a
-restart. The last step of a run is always checkpointed, so nothing stays buffered at the end.
-
-The commit and the flush cannot be one atomic act: a worker group stopped between them (a lost
-node, an elastic resize) resumes *after* steps it never logged. So each checkpoint also carries the
-metrics it covers (`pending`), and a resumed run logs those of them that MLflow does not hold yet
-(`recover`).
+A restarted worker group resumes from the latest checkpoint and replays the steps after it (and a
+run that restarts before its first checkpoint replays from step 1). Those steps were logged by the
+lost group already, so logging them again would put each twice into MLflow's metric history (it
+accepts the same step more than once). `ExactlyOnceTracker` logs every step immediately (the run
+shows its metrics while it trains) and, on its first write of each metric key, asks the tracker
+which steps of that key the run already holds; replayed steps that are there are dropped, those
+that are not (the lost group died before logging them) are logged. So the history holds every
+step once, as observed in MLflow, whatever the checkpoint interval.
 """
 
 from __future__ import annotations
@@ -24,40 +23,28 @@ from typing import Any
 from clipray.tracking import Tracker
 
 
-class DurableTracker:
-    """Wraps a Tracker: `log_metrics` buffers, `flush` (after a committed checkpoint) writes."""
+class ExactlyOnceTracker:
+    """Wraps a Tracker: `log_metrics` writes at once, skipping (key, step) pairs the run holds.
+
+    A tracker without `logged_steps(key)` (one that cannot say what it holds) gets every record.
+    """
 
     def __init__(self, tracker: Tracker) -> None:
         self.tracker = tracker
         self.run_id = getattr(tracker, "run_id", None)
-        self._pending: list[tuple[dict[str, float], int]] = []
+        self._held: dict[str, set[int]] = {}  # per key: the steps the run held when this process started
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        self._pending.append((dict(metrics), step))
-
-    def pending(self) -> list[tuple[dict[str, float], int]]:
-        """The buffered (metrics, step) pairs, to store in the checkpoint that covers them."""
-        return [(dict(metrics), step) for metrics, step in self._pending]
-
-    def recover(self, pending: Sequence[tuple[Mapping[str, float], int]]) -> None:
-        """Log the checkpoint's `pending` metrics whose step the tracker does not hold yet."""
         logged_steps = getattr(self.tracker, "logged_steps", None)
-        if logged_steps is None:
-            return  # a tracker that cannot tell what it holds: a gap is better than a duplicate
-        known: dict[str, set[int]] = {}
-        for metrics, step in pending:
-            if not metrics:
-                continue
-            key = next(iter(metrics))
-            if key not in known:
-                known[key] = logged_steps(key)
-            if step not in known[key]:
-                self.tracker.log_metrics(metrics, step)
-
-    def flush(self) -> None:
-        for metrics, step in self._pending:
+        if logged_steps is not None:
+            for key in metrics:
+                if key not in self._held:
+                    self._held[key] = set(logged_steps(key))
+            metrics = {k: v for k, v in metrics.items() if step not in self._held[k]}
+        if metrics:
             self.tracker.log_metrics(metrics, step)
-        self._pending.clear()
+            for key in metrics:  # an in-process rollback replays steps this process logged
+                self._held.setdefault(key, set()).add(step)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.tracker, name)

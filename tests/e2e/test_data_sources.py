@@ -174,7 +174,8 @@ def test_unreachable_endpoint_fails_within_a_minute(monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
     start = time.monotonic()
     with pytest.raises(SourceError, match="endpoint unreachable"):
-        resolve_source(config("s3://bucket/prefix", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout_s=3))
+        resolve_source(config("s3://bucket/prefix", endpoint_url=f"http://127.0.0.1:{port}", connect_timeout_s=3,
+                              s3_retry_s=5))  # the default (40 s) would ride out a restart of the endpoint
     assert time.monotonic() - start < 60
 
 
@@ -209,7 +210,8 @@ def test_cli_reports_unreachable_endpoint_in_one_line_before_ray(run_env, tmp_pa
     start = time.monotonic()
     proc = run_clipray("data", "profile", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
                        "--set", "data.source=s3://bucket/prefix",
-                       "--set", f"data.endpoint_url=http://127.0.0.1:{port}", env=env, cwd=tmp_path, timeout=120)
+                       "--set", f"data.endpoint_url=http://127.0.0.1:{port}", "--set", "data.s3_retry_s=5",
+                       env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and time.monotonic() - start < 60
     assert "endpoint unreachable" in proc.stderr and "Traceback" not in proc.stderr
 

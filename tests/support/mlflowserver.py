@@ -19,33 +19,40 @@ from pathlib import Path
 from tests.support.rayhead import free_port
 
 
-@contextmanager
-def mlflow_server(root: Path, *, artifacts: str, env: dict[str, str], timeout: float = 300) -> Iterator[str]:
-    """Run `mlflow server`; yield its URL. `artifacts`: s3://bucket/prefix, `env`: its S3 settings."""
-    port = free_port()
-    server_env = {**os.environ, **env, "MLFLOW_S3_ENDPOINT_URL": env["AWS_ENDPOINT_URL"]}
-    cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
-           "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", artifacts,
-           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    log = root / "mlflow-server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, env=server_env, stdout=out, stderr=subprocess.STDOUT, cwd=root,
-                                start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + timeout
+class MlflowServer:
+    """One `mlflow server` that can be stopped and started again on the same port and store."""
+
+    def __init__(self, root: Path, *, artifacts: str, env: dict[str, str], timeout: float = 300) -> None:
+        self.root, self.artifacts, self.timeout = root, artifacts, timeout
+        self.env = {**os.environ, **env, "MLFLOW_S3_ENDPOINT_URL": env["AWS_ENDPOINT_URL"]}
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> str:
+        cmd = [str(Path(sys.executable).parent / "mlflow"), "server",
+               "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--artifacts-destination", self.artifacts,
+               "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        log = self.root / "mlflow-server.log"
+        with open(log, "ab") as out:
+            proc = self.proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                                cwd=self.root, start_new_session=True)
+        deadline = time.monotonic() + self.timeout
         while True:
             if proc.poll() is not None:
                 raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
             try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
+                with urllib.request.urlopen(self.url + "/health", timeout=2):
+                    return self.url
             except OSError:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"mlflow server not ready:\n{log.read_text()[-4000:]}") from None
                 time.sleep(0.5)
-        yield url
-    finally:
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
         with suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
@@ -54,3 +61,13 @@ def mlflow_server(root: Path, *, artifacts: str, env: dict[str, str], timeout: f
             with suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
+
+
+@contextmanager
+def mlflow_server(root: Path, *, artifacts: str, env: dict[str, str], timeout: float = 300) -> Iterator[str]:
+    """Run `mlflow server`; yield its URL. `artifacts`: s3://bucket/prefix, `env`: its S3 settings."""
+    server = MlflowServer(root, artifacts=artifacts, env=env, timeout=timeout)
+    try:
+        yield server.start()
+    finally:
+        server.stop()

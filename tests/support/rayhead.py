@@ -81,8 +81,10 @@ def ray_head(*, auth: bool = True, num_cpus: int = 2, timeout: float = 90) -> It
     env = dict(os.environ)
     for k in ("RAY_ADDRESS", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         env.pop(k, None)
-    # As on a real cluster, the `python` of job entrypoints is the one that has Ray installed.
-    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    # As the README starts a head: `.venv/bin/ray start --head`, the venv not on PATH (removed even
+    # when the tests run in an activated venv), so the `python` a job's shell finds has no Ray.
+    venv_bin = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join(d for d in env.get("PATH", "").split(os.pathsep) if d and d != venv_bin)
     env.update(HOME=str(home), TMPDIR=str(temp_dir), RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
                RAY_AUTH_MODE="token" if auth else "disabled", RAY_USAGE_STATS_ENABLED="0")
     if token:

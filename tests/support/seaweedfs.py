@@ -132,7 +132,8 @@ class SeaweedFS:
             "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"],
         }]}))
-        self.ports = dict(zip(self.PORT_NAMES, free_ports(len(self.PORT_NAMES)), strict=True))
+        if not self.ports:  # a restart keeps its ports (and data): the same endpoint comes back
+            self.ports = dict(zip(self.PORT_NAMES, free_ports(len(self.PORT_NAMES)), strict=True))
         cmd = [weed, f"-logdir={logs}", "server", "-s3",
                "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={data}",
                f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
@@ -188,6 +189,24 @@ class SeaweedFS:
             for sock in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 sock.unlink(missing_ok=True)
         self.proc = None
+
+
+    def pause(self) -> None:
+        """SIGSTOP the server: connections are accepted by the kernel but nothing answers (a stall)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
+
+    def restart(self, down_s: float = 0.0) -> S3Server:
+        """Stop the server, stay down `down_s`, start it again on the same ports and data."""
+        ports = dict(self.ports)
+        self.stop()
+        time.sleep(down_s)
+        self.ports = ports
+        return self.start()
 
 
 def _quick_config() -> Any:

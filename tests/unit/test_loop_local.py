@@ -66,11 +66,11 @@ def test_crash_then_resume_from_checkpoint(tiny_data, tmp_path):
     crashed = Recorder()
     with contextlib.suppress(RuntimeError):
         train_loop(cfg, LocalContext(crashing, str(tmp_path)), crashed)
-    # Steps 6 and 7 ran but their checkpoint never came: they are not logged (a resume replays them).
-    assert sorted(crashed.steps) == list(range(1, 6))
+    # Steps 6 and 7 ran and were logged as they ran, though their checkpoint never came.
+    assert sorted(crashed.steps) == list(range(1, 8))
     resumed = Recorder()
     train_loop(cfg, LocalContext(batches, str(tmp_path)), resumed)
-    assert sorted(resumed.steps) == list(range(6, 11))
+    assert sorted(resumed.steps) == list(range(6, 11))  # a tracker that cannot say what it holds gets the replay
     for step in range(6, 11):  # the schedule continues from the step count
         assert resumed.steps[step]["train/lr"] == straight.steps[step]["train/lr"]
 
@@ -90,26 +90,25 @@ class RunRecorder(Recorder):
         return {step for step, metrics in self.steps.items() if key in metrics}
 
 
-class StopAfterCommit(LocalContext):
-    """The worker group stops right after the checkpoint of `stop_at` is committed, before the
-    metrics it covers are flushed (as an elastic resize or a lost node can)."""
-
-    def __init__(self, *args, stop_at, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.stop_at = stop_at
-
-    def report(self, metrics, state):
-        super().report(metrics, state)
-        if metrics["step"] == self.stop_at:
-            raise RuntimeError("worker group stopped")
-
-
-def test_resume_logs_metrics_committed_but_never_flushed(tiny_data, tmp_path):
+def test_metrics_exactly_once_across_restarts(tiny_data, tmp_path):
+    """Logged at once (before any checkpoint); a restart logs only the replayed steps the run lacks."""
     cfg = load_config(data=TINY, overrides=["train.steps=15"])
     batches = batches_from(tiny_data, cfg)
+
+    def crash_at(n):
+        def crashing(epoch):
+            for i, b in enumerate(batches(epoch)):
+                if i == n:
+                    raise RuntimeError("worker lost")
+                yield b
+        return crashing
+
     run = RunRecorder()
-    with contextlib.suppress(RuntimeError):
-        train_loop(cfg, StopAfterCommit(batches, str(tmp_path), stop_at=10), run)
-    assert sorted(run.steps) == list(range(1, 6))  # 6-10 are committed in checkpoint 10 but not logged
-    train_loop(cfg, LocalContext(batches, str(tmp_path)), run)
-    assert run.calls == list(range(1, 16))  # every step once: 6-10 from the checkpoint, then 11-15
+    with contextlib.suppress(RuntimeError):  # before the first checkpoint (5): steps 1-3 logged
+        train_loop(cfg, LocalContext(crash_at(3), str(tmp_path)), run)
+    assert run.calls == [1, 2, 3]
+    with contextlib.suppress(RuntimeError):  # from scratch again, then lost after step 8
+        train_loop(cfg, LocalContext(crash_at(8), str(tmp_path)), run)
+    assert run.calls == list(range(1, 9))
+    train_loop(cfg, LocalContext(batches, str(tmp_path)), run)  # from checkpoint 5: 6-8 held, 9-15 new
+    assert run.calls == list(range(1, 16))

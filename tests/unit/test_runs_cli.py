@@ -44,3 +44,19 @@ def test_runs_lists_newest_first_from_the_default_store(tmp_path: Path):
 
     proc = run_clipray("runs", "--experiment", "nope", env=env, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "no MLflow experiment 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_running_run_without_heartbeat_is_marked_stale(tmp_path: Path):
+    from clipray.tracking.runs import HEARTBEAT_TAG, STALE_S, format_runs, recent_runs
+
+    store = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    client = MlflowClient(store)
+    exp_id = client.create_experiment("clip-tiny")
+    now = int(time.time())
+    lost = client.create_run(exp_id, tags={HEARTBEAT_TAG: str(now - int(STALE_S) - 5)}).info.run_id
+    alive = client.create_run(exp_id, tags={HEARTBEAT_TAG: str(now)}).info.run_id
+    done = client.create_run(exp_id, tags={HEARTBEAT_TAG: str(now - 10 * int(STALE_S))}).info.run_id
+    client.set_terminated(done)
+    status = {r["run_id"]: r["status"] for r in recent_runs(store)}
+    assert status == {lost: "RUNNING (stale: driver lost?)", alive: "RUNNING", done: "FINISHED"}
+    assert "RUNNING (stale: driver lost?)" in format_runs(recent_runs(store))
