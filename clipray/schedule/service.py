@@ -13,6 +13,7 @@ The job itself (`clipray retrain`) makes a repeated window harmless: it never re
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -61,11 +62,14 @@ class Scheduler:
 
     def _send(self, s: Schedule, sub: Submission) -> None:
         from clipray.jobs import JobsError
-        from clipray.jobs.submit import prepare_job, submit_pipeline
+        from clipray.jobs.submit import cluster_python_command, prepare_job, submit_pipeline
 
         job = prepare_job(s.pipeline, s.overrides, submission_id=sub.submission_id,
                           metadata={"clipray.schedule": s.name, "clipray.window": sub.window})
-        job.entrypoint = (f"python -m clipray retrain pipeline.yaml --schedule {s.name} --window {sub.window}")
+        # The cluster's own interpreter, as for `clipray submit`: a head started as
+        # `.venv/bin/ray start --head` has no clipray on the `python` its PATH finds.
+        job.entrypoint = cluster_python_command(f"-m clipray retrain pipeline.yaml --schedule {shlex.quote(s.name)} "
+                                                f"--window {shlex.quote(sub.window)}")
         client = self.connect(s.address)
         try:
             submit_pipeline(client, client.get_address(), job)
