@@ -71,6 +71,29 @@ def cluster(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[object
         c.shutdown()
 
 
+def two_training_nodes(cluster) -> object:
+    """Add two one-worker training nodes to the head-only cluster; returns the first."""
+    node_a = cluster.add_node(**TRAINING_NODE)
+    cluster.add_node(**TRAINING_NODE)
+    cluster.wait_for_nodes()
+    return node_a
+
+
+def held_gates(tmp_path: Path, *names: str) -> list[Path]:
+    """Gate files for `CLIPRAY_FAULT=step@S:hold=GATE`: the run waits at step S while its gate exists."""
+    gates = [tmp_path / f"gate-{name}" for name in names]
+    for gate in gates:
+        gate.touch()
+    return gates
+
+
+def cluster_env(cluster, tmp_path: Path, short_tmp: Path, **extra: str) -> dict[str, str]:
+    """Environment of a `clipray train` driver on `cluster`, with its own MLflow store and temp dir."""
+    return dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled", TMPDIR=str(short_tmp),
+                MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1",
+                RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", **extra)
+
+
 def _steps(samples: Path) -> list[dict]:
     lines = []
     for f in sorted(samples.glob("*.jsonl")):
@@ -123,18 +146,11 @@ def test_node_lost_then_added_back(cluster, tmp_path: Path, short_tmp: Path):
 
     data = tmp_path / "data"
     write_synthetic(data, ROWS, shards=4, seed=5, image_size=32, eval_per_class=1, bad_rows=0)
-    node_a = cluster.add_node(**TRAINING_NODE)
-    cluster.add_node(**TRAINING_NODE)
-    cluster.wait_for_nodes()
-
+    node_a = two_training_nodes(cluster)
     samples = tmp_path / "samples"
-    gates = [tmp_path / "gate-shrink", tmp_path / "gate-grow"]
-    for gate in gates:
-        gate.touch()
-    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled", TMPDIR=str(short_tmp),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1",
-               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
-               CLIPRAY_FAULT=f"step@8:hold={gates[0]},step@{STEPS - 6}:hold={gates[1]}")
+    gates = held_gates(tmp_path, "shrink", "grow")
+    env = cluster_env(cluster, tmp_path, short_tmp,
+                      CLIPRAY_FAULT=f"step@8:hold={gates[0]},step@{STEPS - 6}:hold={gates[1]}")
     cmd = clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
                       "--set", f"data.source={data / 'train'}", "--set", "data.chunk_files=4",
                       "--set", "eval.zeroshot_source=null", "--set", "tracking.log_model=false",

@@ -12,7 +12,6 @@ kills node A. The run restarts from checkpoint 9 on the one worker left, so it r
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -21,7 +20,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import ROOT, clipray_cmd
-from tests.e2e.test_elastic_e2e import TRAINING_NODE, _lose_node, _tail, _wait, cluster  # noqa: F401
+from tests.e2e.test_elastic_e2e import (  # noqa: F401
+    _lose_node,
+    _tail,
+    _wait,
+    cluster,
+    cluster_env,
+    held_gates,
+    two_training_nodes,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -33,18 +40,11 @@ def test_preemption_notice_then_node_loss_replays_one_step(cluster, tmp_path: Pa
 
     data = tmp_path / "data"
     write_synthetic(data, (STEPS + 8) * GLOBAL_BATCH, shards=4, seed=5, image_size=32, eval_per_class=1, bad_rows=0)
-    node_a = cluster.add_node(**TRAINING_NODE)
-    cluster.add_node(**TRAINING_NODE)
-    cluster.wait_for_nodes()
-
+    node_a = two_training_nodes(cluster)
     samples = tmp_path / "samples"
-    gates = [tmp_path / "gate-notice", tmp_path / "gate-kill"]
-    for gate in gates:
-        gate.touch()
-    env = dict(os.environ, RAY_ADDRESS=cluster.address, RAY_AUTH_MODE="disabled", TMPDIR=str(short_tmp),
-               MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", PYTHONUNBUFFERED="1",
-               RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5",
-               CLIPRAY_FAULT=f"step@{NOTICE_AT}:hold={gates[0]},step@{KILL_AT}:hold={gates[1]}")
+    gates = held_gates(tmp_path, "notice", "kill")
+    env = cluster_env(cluster, tmp_path, short_tmp, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5",
+                      CLIPRAY_FAULT=f"step@{NOTICE_AT}:hold={gates[0]},step@{KILL_AT}:hold={gates[1]}")
     cmd = clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
                       "--set", f"data.source={data / 'train'}", "--set", "data.chunk_files=4",
                       "--set", "eval.zeroshot_source=null", "--set", "tracking.log_model=false",
