@@ -80,14 +80,20 @@ def _signatures(table):
             np.array([s[2] for s in sig], np.int64))
 
 
-def test_eval_overlap_drops_exactly_the_rows_near_an_evaluation_image(curated, curation_data):
+def _safe_rows_near_eval(curation_data):
+    """The rows `data.where` keeps, their keys and signatures, and which of them are near an
+    evaluation image (what curate drops as eval_overlap before the near-duplicate pass)."""
     src = _source(curation_data)
     unsafe = set(curation_data.unsafe)
     rows = src.filter(np.array([k not in unsafe for k in src.column("key").to_pylist()]))
-    h, c, _ = _signatures(rows)
+    h, c, area = _signatures(rows)
     eh, ec, _ = _signatures(pq.read_table(f"{curation_data.eval}/part-00000.parquet"))
     near_eval = Thresholds().near(h[:, None], c[:, None], eh[None, :], ec[None, :]).any(axis=1)
-    keys = np.array(rows.column("key").to_pylist())
+    return np.array(rows.column("key").to_pylist()), h, c, area, near_eval
+
+
+def test_eval_overlap_drops_exactly_the_rows_near_an_evaluation_image(curated, curation_data):
+    keys, _, _, _, near_eval = _safe_rows_near_eval(curation_data)
     assert curated["summary"]["dropped"]["eval_overlap"] == int(near_eval.sum())
     assert not set(keys[near_eval]) & set(curated["table"].column("key").to_pylist())
     caught = sum(k in set(keys[near_eval]) for k in curation_data.eval_copies)
@@ -96,13 +102,9 @@ def test_eval_overlap_drops_exactly_the_rows_near_an_evaluation_image(curated, c
 
 
 def test_near_duplicates_banded_pass_equals_all_pairs_reference_and_planted_recall(curated, curation_data):
-    src = _source(curation_data)
-    unsafe = set(curation_data.unsafe)
-    rows = src.filter(np.array([k not in unsafe for k in src.column("key").to_pylist()]))
-    h, c, area = _signatures(rows)
-    eh, ec, _ = _signatures(pq.read_table(f"{curation_data.eval}/part-00000.parquet"))
-    clean = ~Thresholds().near(h[:, None], c[:, None], eh[None, :], ec[None, :]).any(axis=1)
-    keys = np.array(rows.column("key").to_pylist())[clean]
+    all_keys, h, c, area, near_eval = _safe_rows_near_eval(curation_data)
+    clean = ~near_eval
+    keys = all_keys[clean]
     ref = find_near_duplicates_local(list(keys), h[clean], c[clean], area[clean], Thresholds(), bands=8)
     out = set(curated["table"].column("key").to_pylist())
     assert curated["summary"]["dropped"]["near_duplicate"] == len(ref.dropped)
@@ -117,7 +119,7 @@ def test_near_duplicates_banded_pass_equals_all_pairs_reference_and_planted_reca
     removed = sum(len(cs) - max(n - 1, 0) for (o, cs), n in zip(groups.items(), left))
     # a group with no row left lost its picture to a near-duplicate outside the group: the image
     # counts as a distinct image removed, like a removed original outside any group
-    distinct = [k for k in curation_data.originals if k not in groups and k not in unsafe and k in set(keys)]
+    distinct = [k for k in curation_data.originals if k not in groups and k not in set(curation_data.unsafe) and k in set(keys)]
     distinct_removed = sum(k not in out for k in distinct) + sum(n == 0 for n in left)
     n_distinct = len(distinct) + len(groups)
     print(f"planted copies removed {removed}/{copies} ({removed / copies:.3f}); groups left with exactly one row "
