@@ -94,6 +94,16 @@ def cluster_env(cluster, tmp_path: Path, short_tmp: Path, **extra: str) -> dict[
                 RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5", **extra)
 
 
+def elastic_train_cmd(data: Path, samples: Path, tmp_path: Path, steps: int, global_batch: int,
+                      *settings: str) -> list[str]:
+    """`clipray train` of the tiny CLIP on 1 to 2 workers of the training nodes, logging its samples."""
+    sets = [f"data.source={data / 'train'}", "data.chunk_files=4", "eval.zeroshot_source=null",
+            "tracking.log_model=false", f"train.steps={steps}", f"train.global_batch_size={global_batch}",
+            "train.num_workers=[1, 2]", "train.resources_per_worker.clipray_trainer=1", *settings,
+            f"train.sample_log={samples}", f"train.storage_path={tmp_path / 'runs'}"]
+    return clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"), *(a for s in sets for a in ("--set", s)))
+
+
 def _steps(samples: Path) -> list[dict]:
     lines = []
     for f in sorted(samples.glob("*.jsonl")):
@@ -151,14 +161,8 @@ def test_node_lost_then_added_back(cluster, tmp_path: Path, short_tmp: Path):
     gates = held_gates(tmp_path, "shrink", "grow")
     env = cluster_env(cluster, tmp_path, short_tmp,
                       CLIPRAY_FAULT=f"step@8:hold={gates[0]},step@{STEPS - 6}:hold={gates[1]}")
-    cmd = clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
-                      "--set", f"data.source={data / 'train'}", "--set", "data.chunk_files=4",
-                      "--set", "eval.zeroshot_source=null", "--set", "tracking.log_model=false",
-                      "--set", f"train.steps={STEPS}", "--set", f"train.global_batch_size={GLOBAL_BATCH}",
-                      "--set", "train.num_workers=[1, 2]", "--set", "train.resources_per_worker.clipray_trainer=1",
-                      "--set", "train.elastic_resize_interval_s=3",
-                      "--set", f"train.checkpoint_every={CHECKPOINT_EVERY}", "--set", "train.max_failures=2",
-                      "--set", f"train.sample_log={samples}", "--set", f"train.storage_path={tmp_path / 'runs'}")
+    cmd = elastic_train_cmd(data, samples, tmp_path, STEPS, GLOBAL_BATCH, "train.elastic_resize_interval_s=3",
+                            f"train.checkpoint_every={CHECKPOINT_EVERY}", "train.max_failures=2")
     with (tmp_path / "train.out").open("w") as out_f, (tmp_path / "train.err").open("w") as err_f, \
             subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out_f, stderr=err_f) as proc:
         _wait(proc, samples, tmp_path, "8 steps on 2 workers",

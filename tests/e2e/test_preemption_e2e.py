@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, clipray_cmd
+from tests.conftest import clipray_cmd
 from tests.e2e.test_elastic_e2e import (  # noqa: F401
     _lose_node,
     _tail,
     _wait,
     cluster,
     cluster_env,
+    elastic_train_cmd,
     held_gates,
     two_training_nodes,
 )
@@ -45,13 +46,8 @@ def test_preemption_notice_then_node_loss_replays_one_step(cluster, tmp_path: Pa
     gates = held_gates(tmp_path, "notice", "kill")
     env = cluster_env(cluster, tmp_path, short_tmp, RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S="0.5",
                       CLIPRAY_FAULT=f"step@{NOTICE_AT}:hold={gates[0]},step@{KILL_AT}:hold={gates[1]}")
-    cmd = clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
-                      "--set", f"data.source={data / 'train'}", "--set", "data.chunk_files=4",
-                      "--set", "eval.zeroshot_source=null", "--set", "tracking.log_model=false",
-                      "--set", f"train.steps={STEPS}", "--set", f"train.global_batch_size={GLOBAL_BATCH}",
-                      "--set", "train.num_workers=[1, 2]", "--set", "train.resources_per_worker.clipray_trainer=1",
-                      "--set", "train.elastic_resize_interval_s=600", "--set", "train.checkpoint_every=1000",
-                      "--set", f"train.sample_log={samples}", "--set", f"train.storage_path={tmp_path / 'runs'}")
+    cmd = elastic_train_cmd(data, samples, tmp_path, STEPS, GLOBAL_BATCH,
+                            "train.elastic_resize_interval_s=600", "train.checkpoint_every=1000")
     checkpoints = tmp_path / "runs"
     with (tmp_path / "train.out").open("w") as out_f, (tmp_path / "train.err").open("w") as err_f, \
             subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=out_f, stderr=err_f) as proc:
