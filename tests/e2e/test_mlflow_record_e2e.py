@@ -15,7 +15,7 @@ from tests.conftest import ROOT, run_clipray
 from tests.support.mlflowserver import mlflow_server
 from tests.support.pipelines import tiny_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("mlflow-record")]  # its module-scoped fixtures start once, on one worker
+pytestmark = pytest.mark.e2e
 ENV_SECRET = "tok-planted-env-3b9f27c1"  # as RAY_AUTH_TOKEN in the run's environment
 CFG_SECRET = "cfg-planted-pw-77ae01"  # inside a config value (a URI with credentials)
 
