@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_data_curate)
 
     tok = sub.add_parser("tokenizer", help="tokenizer tools").add_subparsers(dest="tokenizer_command", required=True)
-    p = tok.add_parser("train", help="train a BPE vocabulary on a caption corpus (use it as text.tokenizer: PATH)")
+    p = tok.add_parser("train", help="train a BPE vocabulary on a caption corpus (use it as text_encoding.tokenizer: PATH)")
     p.add_argument("--source", required=True, help="parquet file/directory/glob, or a text file with one caption per line")
     p.add_argument("--out", required=True, help="output tokenizer file (.json)")
     p.add_argument("--vocab-size", type=_positive, required=True, help="ids in the vocabulary, start/end-of-text included")
@@ -383,7 +383,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     info = train_and_save(args.source, args.out, args.vocab_size, column=args.column, limit=args.limit,
                           min_frequency=args.min_frequency)
     print(f"trained a vocabulary of {info['vocab_size']} ids on {info['captions']} captions: {info['path']} "
-          f"(use it with --set text.tokenizer={info['path']} and model.text.vocab_size >= {info['vocab_size']})")
+          f"(use it with --set text_encoding.tokenizer={info['path']} and model.text.vocab_size >= {info['vocab_size']})")
     return 0
 
 

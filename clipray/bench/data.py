@@ -179,7 +179,7 @@ def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
                  "num_cpus": 0.5,
                  "jpeg_decoder": args.jpeg_decoder, **data},
         "model": {"vision": {"image_size": args.image_size, "patch_size": 16 if args.image_size % 32 else 32}},
-        "text": {"tokenizer": "openai"},  # CLIP's BPE, as a CLIP run tokenizes
+        "text_encoding": {"tokenizer": "openai"},  # CLIP's BPE, as a CLIP run tokenizes
         "ray": {"num_cpus": args.cpus},
     })
 
@@ -332,7 +332,7 @@ class _ParquetRows:
 
             context_length = self.cfg.model.text.context_length
             self.tokenizer = (reference_tokenizer(context_length) if self.recipe == "plain"
-                              else load_tokenizer(self.cfg.text.tokenizer, context_length=context_length))
+                              else load_tokenizer(self.cfg.text_encoding.tokenizer, context_length=context_length))
         if self.recipe == "plain":
             return self.tokenizer(caption)[0]  # open_clip.tokenize cleans the caption itself
         return self.tokenizer([clean_caption(caption)])[0]

@@ -126,7 +126,7 @@ def ray_batches(source: str, batch: int, data_cpus: int) -> Iterator[tuple[Any, 
 
     config = load_config(data={
         "name": "bench-gpu", "data": {"source": source, "batch_size": 128, "num_cpus": 1, "concurrency": data_cpus},
-        "model": {"vision": {"image_size": 224, "patch_size": 16}}, "text": {"tokenizer": "words"},
+        "model": {"vision": {"image_size": 224, "patch_size": 16}}, "text_encoding": {"tokenizer": "words"},
     })
     epoch = 0
     while True:

@@ -7,7 +7,7 @@
       -> {key, image uint8 (N,S,S,3), tokens int32 (N,L) | text_image uint8 (N,S,S,3)}
          (+ data.partition_columns)
 
-`text.kind` picks the text stage: `tokens` (CLIP BPE ids) or `pixels` (CLIPPO rendering).
+`text_encoding.kind` picks the text stage: `tokens` (CLIP BPE ids) or `pixels` (CLIPPO rendering).
 """
 
 from __future__ import annotations
@@ -39,12 +39,12 @@ TEXT_OPS = {"tokens": "tokenize", "pixels": "render_text"}
 
 def build_ops(config: PipelineConfig, *, train: bool, names: Sequence[str] | None = None) -> list[Op]:
     """The ops named in `names` (default: `data.ops`), in order, with the text stage that
-    `text.kind` selects (tokenize or render_text)."""
+    `text_encoding.kind` selects (tokenize or render_text)."""
     return [op_registry.get(name)(config, train=train) for name in op_names(config, names)]
 
 
 def op_names(config: PipelineConfig, names: Sequence[str] | None = None) -> tuple[str, ...]:
-    text_op = TEXT_OPS[config.text.kind]
+    text_op = TEXT_OPS[config.text_encoding.kind]
     chosen = config.data.ops if names is None else names
     if names is None:
         chosen = with_curation_ops(config, chosen)
@@ -302,7 +302,7 @@ def preflight(config: PipelineConfig) -> Source:
 
 
 def check_tokenizer(config: PipelineConfig, tokenizer: Tokenizer | None = None, *, remote_ok: bool = False) -> None:
-    """For text.kind=tokens: model.text.vocab_size holds every id of text.tokenizer (a ConfigError
+    """For text_encoding.kind=tokens: model.text.vocab_size holds every id of text_encoding.tokenizer (a ConfigError
     naming both sizes otherwise). Run before Ray starts by `preflight` and by `clipray submit`.
 
     `remote_ok`: a vocabulary this machine cannot read (a URI, or an absolute path that exists only
@@ -313,15 +313,15 @@ def check_tokenizer(config: PipelineConfig, tokenizer: Tokenizer | None = None, 
     from clipray.data.ops.text import Tokenize
     from clipray.text.tokenizer import check_vocabulary_fits
 
-    spec = config.text.tokenizer
-    if config.text.kind != "tokens":
+    spec = config.text_encoding.tokenizer
+    if config.text_encoding.kind != "tokens":
         return
     if remote_ok and tokenizer is None and ("://" in spec or (os.path.isabs(spec) and not os.path.exists(spec))):
         return
     if tokenizer is None:
-        tokenizer = Tokenize(config.text.tokenizer, config.model.text.context_length).tokenizer
+        tokenizer = Tokenize(config.text_encoding.tokenizer, config.model.text.context_length).tokenizer
     try:
-        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text.tokenizer)
+        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text_encoding.tokenizer)
     except ValueError as e:
         raise ConfigError(str(e)) from None
 

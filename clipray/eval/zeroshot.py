@@ -108,13 +108,13 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
 
 def text_encoder_input(config: PipelineConfig) -> Callable[[list[str]], torch.Tensor]:
     """Strings -> what the model's text tower reads, exactly as in training: token ids
-    (`text.kind: tokens`) or CLIPPO-rendered, normalised pixels (`text.kind: pixels`)."""
-    if config.text.kind == "pixels":
+    (`text_encoding.kind: tokens`) or CLIPPO-rendered, normalised pixels (`text_encoding.kind: pixels`)."""
+    if config.text_encoding.kind == "pixels":
         from clipray.text.render import UnifontRenderer
 
-        renderer = UnifontRenderer(config.text.font, image_size=config.model.vision.image_size)
+        renderer = UnifontRenderer(config.text_encoding.font, image_size=config.model.vision.image_size)
         return lambda texts: to_model_input(torch.from_numpy(renderer(texts)), config.image.mean, config.image.std)
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
+    tokenizer = load_tokenizer(config.text_encoding.tokenizer, config.model.text.context_length)
     return lambda texts: torch.from_numpy(tokenizer(texts)).long()
 
 

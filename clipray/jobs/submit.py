@@ -31,10 +31,10 @@ from clipray.jobs.client import JobsError, call
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
-# Config keys holding local paths that the job must see as absolute paths. `text.tokenizer` is
+# Config keys holding local paths that the job must see as absolute paths. `text_encoding.tokenizer` is
 # also a name (`openai`, `words`): it is a path only when such a file exists.
 PATH_KEYS = (("data", "source"), ("eval", "zeroshot_source"), ("eval", "classes_file"), ("train", "storage_path"),
-             ("model", "init_from"), ("text", "font"), ("text", "tokenizer"))
+             ("model", "init_from"), ("text_encoding", "font"), ("text_encoding", "tokenizer"))
 CONFIG_NAME = "pipeline.yaml"
 # The job supervisor runs the entrypoint with `/bin/sh -c`, whose `python` is whatever the head's
 # PATH finds first: with `.venv/bin/ray start --head` (no venv on PATH) that is a python without
@@ -74,7 +74,7 @@ def _absolute(value: Any, base: Path) -> Any:
 
 
 def path_settings(raw: dict[str, Any], base: Path) -> Iterator[tuple[str, str, Any]]:
-    """(section, key, value) of the `PATH_KEYS` set in the config dict `raw`; `text.tokenizer`
+    """(section, key, value) of the `PATH_KEYS` set in the config dict `raw`; `text_encoding.tokenizer`
     only when a file of that name exists under `base` (else it names a built-in vocabulary)."""
     for section, key in PATH_KEYS:
         value = raw.get(section, {}).get(key)

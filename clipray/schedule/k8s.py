@@ -36,7 +36,7 @@ def cluster_path_problems(config: PipelineConfig, base: Path | None = None) -> l
     """Settings that would make the scheduled job read or write this machine's disk, one line each.
 
     A URI is fine; so is an absolute path, which may exist inside the image (the default Unifont
-    path does when the image installs Debian's `unifont`). `text.tokenizer` is a path only when
+    path does when the image installs Debian's `unifont`). `text_encoding.tokenizer` is a path only when
     such a file exists here (else it names a built-in vocabulary).
     """
     raw = to_dict(config)

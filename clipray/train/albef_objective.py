@@ -99,8 +99,8 @@ class AlbefObjective(Objective):
         # The special ids are the tokenizer's own (a trained vocabulary puts them far below
         # model.text.vocab_size): SOT acts as [CLS]; neither SOT nor EOT is masked, and random
         # replacements are drawn from the ids below them (every tokenizer puts its specials last).
-        tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
-        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text.tokenizer)
+        tokenizer = load_tokenizer(config.text_encoding.tokenizer, config.model.text.context_length)
+        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text_encoding.tokenizer)
         self.sot_id, self.eot_id = tokenizer.sot_id, tokenizer.eot_id
         self.regular_ids = min(self.sot_id, self.eot_id)
 

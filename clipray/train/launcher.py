@@ -119,8 +119,8 @@ def log_config(tracker: MlflowTracker | NullTracker, config: PipelineConfig) -> 
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(nested, sort_keys=False))
         tracker.log_artifact(str(path))
-    if config.text.kind == "tokens" and Path(config.text.tokenizer).is_file():
-        tracker.log_artifact(config.text.tokenizer, "tokenizer")  # a trained vocabulary travels with the run
+    if config.text_encoding.kind == "tokens" and Path(config.text_encoding.tokenizer).is_file():
+        tracker.log_artifact(config.text_encoding.tokenizer, "tokenizer")  # a trained vocabulary travels with the run
 
 
 def _worker_entry(loop_config: dict[str, Any]) -> dict[str, str] | None:
@@ -289,7 +289,7 @@ def _worker_config(config: PipelineConfig) -> dict[str, Any]:
     """The config for the workers, local paths made absolute (workers run in another cwd)."""
     raw = to_dict(config)
     for section, key in (("eval", "zeroshot_source"), ("eval", "classes_file"), ("data", "source"),
-                         ("model", "init_from"), ("text", "font"), ("text", "tokenizer")):
+                         ("model", "init_from"), ("text_encoding", "font"), ("text_encoding", "tokenizer")):
         value = raw[section].get(key)
         if not value or "://" in value:
             continue

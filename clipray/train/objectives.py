@@ -97,7 +97,7 @@ class ContrastiveObjective(Objective):
         self.mean, self.std = config.image.mean, config.image.std
         self.loss_kind = tc.loss
         self.micro_batches = tc.micro_batches
-        self.text_pixels = config.text.kind == "pixels"  # CLIPPO: rendered alt-text in batch["text_image"]
+        self.text_pixels = config.text_encoding.kind == "pixels"  # CLIPPO: rendered alt-text in batch["text_image"]
 
     # nn.Module types its attributes as Tensor | Module: these two are the model's Parameters.
     @property

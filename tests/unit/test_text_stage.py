@@ -1,4 +1,4 @@
-"""The text stage is chosen by text.kind: tokenize (ids) or render_text (CLIPPO pixels)."""
+"""The text stage is chosen by text_encoding.kind: tokenize (ids) or render_text (CLIPPO pixels)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from clipray.text.render import DEFAULT_FONT
 
 
 def config(kind: str, **text):
-    return load_config(data={"name": "t", "text": {"kind": kind, **text},
+    return load_config(data={"name": "t", "text_encoding": {"kind": kind, **text},
                              "model": {"vision": {"image_size": 32, "patch_size": 8},
                                        "text": {"context_length": 16}}})
 
@@ -48,5 +48,5 @@ def test_openai_tokens_stage(tiny_data):
 
 def test_missing_font_names_the_key(tmp_path, tiny_data):
     cfg = config("pixels", font=str(tmp_path / "missing.hex"))
-    with pytest.raises(FileNotFoundError, match=r"text\.font.*apt-get install unifont"):
+    with pytest.raises(FileNotFoundError, match=r"text_encoding\.font.*apt-get install unifont"):
         Preprocess(cfg, train=True)

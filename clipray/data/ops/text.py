@@ -93,7 +93,7 @@ class Tokenize:
         try:
             self.tokenizer = load_tokenizer(spec, context_length=context_length)
         except (FileNotFoundError, KeyError) as e:  # an unknown name or a missing file: say which key
-            raise type(e)(f"text.tokenizer: {e.args[0] if e.args else e}") from None
+            raise type(e)(f"text_encoding.tokenizer: {e.args[0] if e.args else e}") from None
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch:
         batch = dict(batch)
@@ -113,7 +113,7 @@ class RenderText:
         try:
             self.renderer = UnifontRenderer(font, image_size=image_size)
         except FileNotFoundError as e:
-            raise MissingFileError(f"text.font: {e}") from None
+            raise MissingFileError(f"text_encoding.font: {e}") from None
 
     def __call__(self, batch: Batch, stats: DropStats) -> Batch:
         batch = dict(batch)
@@ -128,9 +128,9 @@ def _clean(config, *, train: bool) -> CleanCaptions:
 
 @op_registry.register("tokenize")
 def _tokenize(config, *, train: bool) -> Tokenize:
-    return Tokenize(config.text.tokenizer, config.model.text.context_length)
+    return Tokenize(config.text_encoding.tokenizer, config.model.text.context_length)
 
 
 @op_registry.register("render_text")
 def _render_text(config, *, train: bool) -> RenderText:
-    return RenderText(config.text.font, config.model.vision.image_size)
+    return RenderText(config.text_encoding.font, config.model.vision.image_size)
