@@ -300,10 +300,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from clipray.config import load_config
 
     config = load_config(args.pipeline, args.overrides)  # fails before Ray starts
-    from clipray.data.pipeline import check_tokenizer
+    from clipray.text.encoding import text_encoding
     from clipray.train.launcher import train
 
-    check_tokenizer(config)  # also in the launcher's preflight; here before an MLflow run is opened
+    text_encoding(config).check_vocabulary()  # also in the launcher's preflight; here before an MLflow run is opened
 
     result = train(config, resume=args.resume)
     dropped = ", ".join(f"{k} {v}" for k, v in result.data["dropped"].items()) or "none"

@@ -41,9 +41,10 @@ class DataConfig:
     # How long the driver's S3 pre-flight (listing, parquet footers) retries a stalled or restarting
     # endpoint, with backoff, before the run fails naming the object and the endpoint.
     s3_retry_s: float = 40.0
-    # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order.
+    # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order. `encode_text`
+    # is the op text_encoding.kind chooses (tokenize or render_text; clipray.text.encoding).
     ops: list[str] = field(default_factory=lambda: [
-        "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "tokenize",
+        "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "encode_text",
     ])
     jpeg_decoder: Literal["simplejpeg", "pil"] = "simplejpeg"  # simplejpeg: libjpeg-turbo M/8 reduced decode
     # Filters (each counts its drops by reason).

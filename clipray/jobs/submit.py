@@ -110,10 +110,10 @@ def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (),
     `resume`: an MLflow run id the job continues (`clipray train --resume`).
     """
     import clipray
-    from clipray.data.pipeline import check_tokenizer
+    from clipray.text.encoding import text_encoding
 
     config = load_config(pipeline, overrides)
-    check_tokenizer(config, remote_ok=True)  # a vocabulary too large for the text tower never reaches the cluster
+    text_encoding(config).check_vocabulary(remote_ok=True)  # a vocabulary too large for the text tower never reaches the cluster
     resolved = resolve_for_job(config)
     if resume:  # refused here, before the cluster sees it, as `clipray train --resume` would
         from clipray.train.resume import resume_point

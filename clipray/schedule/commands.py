@@ -42,11 +42,11 @@ def _fmt(ts: float) -> str:
 
 def cmd_schedule_add(args: argparse.Namespace) -> int:
     from clipray.config import load_config
-    from clipray.data.pipeline import check_tokenizer
     from clipray.schedule.store import Schedule, ScheduleStore
+    from clipray.text.encoding import text_encoding
 
     # Refuse a broken pipeline now, not at 3 a.m.
-    check_tokenizer(load_config(args.pipeline, args.overrides), remote_ok=True)
+    text_encoding(load_config(args.pipeline, args.overrides)).check_vocabulary(remote_ok=True)
     s = Schedule(args.name, args.cron, str(Path(args.pipeline).resolve()), list(args.overrides), args.address,
                  args.max_retries)
     ScheduleStore(args.state).add(s, now=_ts(args.start))

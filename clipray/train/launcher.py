@@ -20,6 +20,7 @@ from clipray.data.sources import (
     worker_env,
 )
 from clipray.models.summary import log_parameter_counts
+from clipray.text.encoding import text_encoding
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.tracking.runs import heartbeat
 from clipray.train.faults import ENV as FAULT_ENV
@@ -119,8 +120,9 @@ def log_config(tracker: MlflowTracker | NullTracker, config: PipelineConfig) -> 
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(nested, sort_keys=False))
         tracker.log_artifact(str(path))
-    if config.text_encoding.kind == "tokens" and Path(config.text_encoding.tokenizer).is_file():
-        tracker.log_artifact(config.text_encoding.tokenizer, "tokenizer")  # a trained vocabulary travels with the run
+    vocabulary = text_encoding(config).vocabulary_file()
+    if vocabulary is not None:
+        tracker.log_artifact(vocabulary, "tokenizer")  # a trained vocabulary travels with the run
 
 
 def _worker_entry(loop_config: dict[str, Any]) -> dict[str, str] | None:
