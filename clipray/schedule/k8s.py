@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.config.paths import is_relative_path, local_path_settings
 from clipray.errors import InvalidInputError
-from clipray.jobs.submit import is_relative_path, path_settings
 from clipray.schedule.store import Schedule
 
 RAYJOB_TEMPLATE = Path(__file__).resolve().parents[2] / "clusters" / "kuberay" / "rayjob.yaml"
@@ -41,7 +41,7 @@ def cluster_path_problems(config: PipelineConfig, base: Path | None = None) -> l
     """
     raw = to_dict(config)
     out = []
-    for section, key, value in path_settings(raw, base or Path.cwd()):
+    for section, key, value in local_path_settings(raw, base or Path.cwd()):
         # storage_path is checked below: unset is a problem there too.
         if key == "storage_path" or not is_relative_path(value):
             continue

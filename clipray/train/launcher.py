@@ -13,6 +13,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
+from clipray.config.paths import with_absolute_paths
 from clipray.data.sources import (
     quiet_known_warnings,
     quiet_progress_bars,
@@ -289,16 +290,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
 
 def _worker_config(config: PipelineConfig) -> dict[str, Any]:
     """The config for the workers, local paths made absolute (workers run in another cwd)."""
-    raw = to_dict(config)
-    for section, key in (("eval", "zeroshot_source"), ("eval", "classes_file"), ("data", "source"),
-                         ("model", "init_from"), ("text_encoding", "font"), ("text_encoding", "tokenizer")):
-        value = raw[section].get(key)
-        if not value or "://" in value:
-            continue
-        if key == "tokenizer" and not Path(value).exists():
-            continue  # a registered name such as `openai`, not a path
-        raw[section][key] = str(Path(value).resolve())
-    return raw
+    return with_absolute_paths(config)
 
 
 def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
