@@ -423,8 +423,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. A `UserError` (a setting, a file, a name the user can fix) is one line on
     stderr and exit code 2; anything else is a bug and keeps its traceback."""
-    from clipray.data.sources import skip_known_log_lines
     from clipray.errors import UserError
+    from clipray.runtime import skip_known_log_lines
 
     skip_known_log_lines()  # before anything imports ray
 

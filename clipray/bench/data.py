@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from clipray.data.pipeline import list_source_files
-    from clipray.train.launcher import start_local_ray
+    from clipray.runtime import start_local_ray
 
     w, h = (int(v) for v in args.stored.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="crbench-", dir="/tmp"))

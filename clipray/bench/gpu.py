@@ -207,7 +207,7 @@ def _write_parquet(rows: int, copies: int = 1) -> str:
     print(f"wrote {rows} synthetic rows at 224-336 px in {time.perf_counter() - started:.0f} s, "
           f"repeated {copies}x on disk ({rows * copies} rows per pass)", flush=True)
     if not ray.is_initialized():
-        from clipray.train.launcher import start_local_ray
+        from clipray.runtime import start_local_ray
 
         start_local_ray(include_dashboard=False, logging_level="warning")
     return os.path.join(out, "train")

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from clipray.jobs.client import JobsError, call, connect
+from clipray.jobs.client import ClusterError, call, connect
 from clipray.jobs.submit import prepare_job, status_name, submit_pipeline, wait_for_job
 
 
@@ -78,5 +78,5 @@ def cmd_jobs_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["JobsError", "add_address", "cmd_jobs_list", "cmd_jobs_logs", "cmd_jobs_status", "cmd_jobs_stop",
+__all__ = ["ClusterError", "add_address", "cmd_jobs_list", "cmd_jobs_logs", "cmd_jobs_status", "cmd_jobs_stop",
            "cmd_submit"]

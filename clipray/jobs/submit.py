@@ -27,7 +27,7 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config
 from clipray.config.paths import with_absolute_paths
-from clipray.jobs.client import JobsError, call
+from clipray.jobs.client import ClusterError, call
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -114,7 +114,7 @@ def cluster_python_command(args: str) -> str:
 
 
 def submit_pipeline(client: JobSubmissionClient, address: str, job: PreparedJob) -> str:
-    """Submit `job`; returns its submission id. Raises JobsError on refusal."""
+    """Submit `job`; returns its submission id. Raises ClusterError on refusal."""
     with tempfile.TemporaryDirectory(prefix="clipray-job-") as tmp:
         Path(tmp, CONFIG_NAME).write_text(yaml.safe_dump(job.resolved, sort_keys=False))
         runtime_env = {**job.runtime_env, "working_dir": tmp}
@@ -122,9 +122,9 @@ def submit_pipeline(client: JobSubmissionClient, address: str, job: PreparedJob)
             return call(address, client.submit_job, entrypoint=job.entrypoint, submission_id=job.submission_id,
                         runtime_env=runtime_env, metadata=job.metadata, entrypoint_num_cpus=0)
         except RuntimeError as e:
-            if isinstance(e, JobsError):
+            if isinstance(e, ClusterError):
                 raise
-            raise JobsError(f"the cluster at {address} rejected job {job.submission_id}: {e}") from None
+            raise ClusterError(f"the cluster at {address} rejected job {job.submission_id}: {e}") from None
 
 
 def wait_for_job(client: JobSubmissionClient, address: str, job_id: str,

@@ -15,7 +15,7 @@ import pytest
 
 from clipray.config import load_config
 from clipray.data.sources import MissingColumnError, SourceError
-from clipray.train.launcher import start_local_ray
+from clipray.runtime import start_local_ray
 from tests.support.corpus import CORPUS_DATA_CONFIG, write_corpus
 from tests.support.seaweedfs import free_ports
 
