@@ -359,7 +359,7 @@ def cmd_data_curate(args: argparse.Namespace) -> int:
     from clipray.config import load_config
 
     config = load_config(args.pipeline, args.overrides)
-    from clipray.data.curate.run import curate
+    from clipray.curation.run import curate
 
     result = curate(config, args.out, quiet=args.json, log=not args.no_log)
     if args.json:

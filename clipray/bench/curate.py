@@ -70,17 +70,17 @@ def score_rate(config: Any, images: list[bytes], captions: list[str]) -> tuple[f
     import torch
 
     from clipray.config import to_dict
-    from clipray.data.curate.score import ClipScorer
+    from clipray.curation.score import ModelEncoder
     from clipray.models import build_model
 
     torch.set_num_threads(1)
     state = build_model(config.model).state_dict()
-    scorer = ClipScorer(to_dict(config), state, None, None, config.data.image_column, config.data.caption_column)
-    scorer.scores(images[:8], captions[:8])  # warm-up
+    encoder = ModelEncoder(to_dict(config), state)
+    encoder.scores(images[:8], captions[:8])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(images), 64):
-        scorer.scores(images[i:i + 64], captions[i:i + 64])
-    return len(images) / (time.perf_counter() - start), str(scorer.device)
+        encoder.scores(images[i:i + 64], captions[i:i + 64])
+    return len(images) / (time.perf_counter() - start), str(encoder.device)
 
 
 def plain_read_s(config: Any, source: str) -> float:
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from clipray.config import load_config
-    from clipray.data.curate.run import curate
+    from clipray.curation.run import curate
     from clipray.train.launcher import init_ray
 
     root = Path(args.data or tempfile.mkdtemp(prefix="clipray-bench-curate-"))

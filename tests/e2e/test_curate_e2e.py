@@ -7,7 +7,9 @@ Checked against references computed here, in-process, from the labels of the pla
   copies of evaluation images included;
 - the banded Ray Data pass removes exactly the rows the all-pairs reference removes;
 - the recall on planted copies and the rate of distinct images removed, printed and bounded
-  at the levels measured on this data (docs/curation.md has the figures and their limits);
+  at the levels measured on this data; the issue's bar (>= 98% of copies removed, <= 1% of
+  distinct images removed) is asserted exactly by a strict xfail: it is not met on this data
+  (docs/curation.md has the figures, and why);
 - the MLflow run holds the counts and the picture of removed groups; a training run on the
   curated output logs its drops as data/curated/*.
 """
@@ -24,7 +26,12 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clipray.data.curate.near import Thresholds, find_near_duplicates_local, signature_of_bytes
+from clipray.data.curate.near import (
+    Thresholds,
+    find_near_duplicates_local,
+    grids,
+    signature_of_bytes,
+)
 from tests.conftest import ROOT, run_clipray
 
 pytestmark = pytest.mark.e2e
@@ -76,7 +83,7 @@ def test_where_drops_exactly_the_unsafe_rows(curated, curation_data):
 
 def _signatures(table):
     sig = [signature_of_bytes(b) for b in table.column("jpg").to_pylist()]
-    return (np.array([s[0] for s in sig], np.uint64), np.array([s[1] for s in sig], np.uint64),
+    return (np.array([s[0] for s in sig], np.uint64), grids([s[1] for s in sig]),
             np.array([s[2] for s in sig], np.int64))
 
 
@@ -88,7 +95,7 @@ def _safe_rows_near_eval(curation_data):
     rows = src.filter(np.array([k not in unsafe for k in src.column("key").to_pylist()]))
     h, c, area = _signatures(rows)
     eh, ec, _ = _signatures(pq.read_table(f"{curation_data.eval}/part-00000.parquet"))
-    near_eval = Thresholds().near(h[:, None], c[:, None], eh[None, :], ec[None, :]).any(axis=1)
+    near_eval = Thresholds().near_matrix(h, c, eh, ec).any(axis=1)
     return np.array(rows.column("key").to_pylist()), h, c, area, near_eval
 
 
@@ -101,32 +108,63 @@ def test_eval_overlap_drops_exactly_the_rows_near_an_evaluation_image(curated, c
     assert caught >= 0.75 * len(curation_data.eval_copies)
 
 
-def test_near_duplicates_banded_pass_equals_all_pairs_reference_and_planted_recall(curated, curation_data):
+@pytest.fixture(scope="module")
+def near_quality(curated, curation_data):
+    """The near-duplicate pass against its references and the planted labels (computed once)."""
     all_keys, h, c, area, near_eval = _safe_rows_near_eval(curation_data)
     clean = ~near_eval
     keys = all_keys[clean]
     ref = find_near_duplicates_local(list(keys), h[clean], c[clean], area[clean], Thresholds(), bands=8)
-    out = set(curated["table"].column("key").to_pylist())
-    assert curated["summary"]["dropped"]["near_duplicate"] == len(ref.dropped)
-    assert out == set(keys) - ref.dropped  # the very rows of the reference, by the keep rule
     every_pair = find_near_duplicates_local(list(keys), h[clean], c[clean], area[clean], Thresholds())
-    print(f"banding: {len(ref.dropped)} rows dropped, all-pairs comparison {len(every_pair.dropped)}")
-    # quality on the planted groups (figures in docs/curation.md)
+    out = set(curated["table"].column("key").to_pylist())
     groups = curation_data.groups
     copies = sum(len(v) for v in groups.values())
-    left = [sum(k in out for k in [o, *cs]) for o, cs in groups.items()]
+    left = {o: sum(k in out for k in [o, *cs]) for o, cs in groups.items()}
     # a group of 1 + c rows has c copies; rows left beyond one are copies not removed
-    removed = sum(len(cs) - max(n - 1, 0) for (o, cs), n in zip(groups.items(), left))
+    removed = sum(len(cs) - max(left[o] - 1, 0) for o, cs in groups.items())
     # a group with no row left lost its picture to a near-duplicate outside the group: the image
     # counts as a distinct image removed, like a removed original outside any group
-    distinct = [k for k in curation_data.originals if k not in groups and k not in set(curation_data.unsafe) and k in set(keys)]
-    distinct_removed = sum(k not in out for k in distinct) + sum(n == 0 for n in left)
-    n_distinct = len(distinct) + len(groups)
-    print(f"planted copies removed {removed}/{copies} ({removed / copies:.3f}); groups left with exactly one row "
-          f"{sum(n == 1 for n in left)}/{len(groups)}, with none {sum(n == 0 for n in left)}; distinct images "
-          f"removed {distinct_removed}/{n_distinct} ({distinct_removed / n_distinct:.3f})")
-    assert removed / copies >= 0.85
-    assert distinct_removed / n_distinct <= 0.25
+    unsafe, kept_keys = set(curation_data.unsafe), set(keys)
+    distinct = [k for k in curation_data.originals if k not in groups and k not in unsafe and k in kept_keys]
+    gone = {k for k in distinct if k not in out} | {o for o, n in left.items() if n == 0}
+    # the package's generated star polygons (shapes/stars): at 128 px, rings that differ in sub-pixel lines
+    caption = dict(zip(_source(curation_data).column("key").to_pylist(),
+                       _source(curation_data).column("caption").to_pylist()))
+    star = {k for k in [*distinct, *groups] if "clip art of stars" in caption[k]}
+    q = {"ref": ref, "every_pair": every_pair, "keys": keys, "out": out, "copies": copies, "removed": removed,
+         "exactly_one": sum(n == 1 for n in left.values()), "none": sum(n == 0 for n in left.values()),
+         "groups": len(groups), "distinct": len(distinct) + len(groups), "distinct_removed": len(gone),
+         "nonstar": len(distinct) + len(groups) - len(star), "nonstar_removed": len(gone - star)}
+    print(f"banding: {len(ref.dropped)} rows dropped, all-pairs comparison {len(every_pair.dropped)}; "
+          f"planted copies removed {removed}/{copies} ({removed / copies:.3f}); groups left with exactly one row "
+          f"{q['exactly_one']}/{len(groups)}, with none {q['none']}; distinct images removed "
+          f"{q['distinct_removed']}/{q['distinct']} ({q['distinct_removed'] / q['distinct']:.3f}), outside the "
+          f"generated stars {q['nonstar_removed']}/{q['nonstar']} ({q['nonstar_removed'] / q['nonstar']:.3f})")
+    return q
+
+
+def test_near_duplicates_banded_pass_equals_the_reference(curated, near_quality):
+    q = near_quality
+    assert curated["summary"]["dropped"]["near_duplicate"] == len(q["ref"].dropped)
+    assert q["out"] == set(q["keys"]) - q["ref"].dropped  # the very rows of the reference, by the keep rule
+
+
+def test_near_duplicates_planted_recall_and_distinct_removed_at_the_measured_levels(near_quality):
+    """Regression bounds at the levels measured on this data (docs/curation.md)."""
+    q = near_quality
+    assert q["removed"] / q["copies"] >= 0.95
+    assert q["distinct_removed"] / q["distinct"] <= 0.20
+    assert q["nonstar_removed"] / q["nonstar"] <= 0.03
+
+
+@pytest.mark.xfail(strict=True, reason="not met on openclipart at 128 px: the generated star polygons and "
+                   "card/icon series are closer to each other than planted copies are to their originals "
+                   "(docs/curation.md, 'Measured quality')")
+def test_near_duplicates_meet_the_issue_bar(near_quality):
+    """Issue 23, Done when 1: >= 98% of planted copies removed, <= 1% of distinct images removed."""
+    q = near_quality
+    assert q["removed"] / q["copies"] >= 0.98
+    assert q["distinct_removed"] / q["distinct"] <= 0.01
 
 
 def test_mlflow_run_has_counts_and_the_picture_of_removed_groups(curated):
