@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("curate-memory")]  # one local Ray (module fixture) for both tests
 
 STORE_BYTES = 80 * 2**20
 ROW_BYTES = 800 * 2**10
