@@ -1,10 +1,11 @@
 """The row stages of `clipray data curate` (its driver is clipray.curation.run).
 
-    CurateRows (pass 1, one actor per block): the row ops of data.ops (decode, filters, caption
-      clean-up, where, language), perceptual hashes, eval_overlap; emits the ORIGINAL row (bytes
-      and caption as stored) plus the signature columns
+    CurateRows (pass 1, a pool of actors over the blocks): the row ops of data.ops (decode,
+      filters, caption clean-up, where, language), perceptual hashes, eval_overlap; emits the
+      ORIGINAL row (bytes and caption as stored) plus the signature columns
     DropNear (pass 3): the staged rows minus the near-duplicate keys, signature columns dropped
-    the manifest (`curation.json`) beside curated data, and its record in a training run
+    read_manifest / log_curated_source: the manifest (`curation.json`) beside curated data, and
+      its record in a training run
 
 Nothing here starts Ray, opens an MLflow run or loads a model: those are the driver's.
 """
@@ -38,6 +39,7 @@ STAGING = "_staging"
 # Ops that shape training inputs; curation keeps the stored bytes, so they never run here.
 TRAINING_ONLY_OPS = ("image_transform", "tokenize", "render_text")
 ROW_INDEX = "__row"
+
 
 def thresholds(config: PipelineConfig) -> Thresholds:
     return Thresholds(config.data.near_threshold, config.data.near_color_threshold)
