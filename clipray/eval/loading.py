@@ -72,7 +72,7 @@ def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
     state = None
     if "://" in checkpoint or (Path(checkpoint) / STATE_FILE).exists():
         # The checkpoint's config is the one the workers ran: secrets unmasked, local paths (a
-        # trained text.tokenizer) absolute. config.yaml has them as given on the command line.
+        # trained text_encoding.tokenizer) absolute. config.yaml has them as given on the command line.
         state = read_state(checkpoint)
         config = _config_from_state(state, checkpoint)
     step = int(run.data.metrics.get("train/step", 0)) or config.train.steps

@@ -50,7 +50,7 @@ def compute_metrics(image_emb: torch.Tensor, labels: np.ndarray | Sequence[int],
 
 def text_encoder(model: Any, config: PipelineConfig, device: torch.device | str = "cpu",
                  batch_size: int = 256) -> TextEncoder:
-    to_input = text_encoder_input(config)  # token ids, or rendered pixels for text.kind: pixels
+    to_input = text_encoder_input(config)  # token ids, or rendered pixels for text_encoding.kind: pixels
 
     @torch.no_grad()
     def encode(texts: list[str]) -> torch.Tensor:

@@ -26,8 +26,8 @@ from clipray.config import PipelineConfig
 from clipray.data.ops.base import CountingStats
 from clipray.data.pipeline import Preprocess
 from clipray.errors import InvalidInputError, MissingFileError
-from clipray.models.common.image import to_model_input
-from clipray.text import load_tokenizer
+from clipray.models.common.image import text_tower_input, to_model_input
+from clipray.text.encoding import text_encoding
 
 
 @dataclass
@@ -107,15 +107,12 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
 
 
 def text_encoder_input(config: PipelineConfig) -> Callable[[list[str]], torch.Tensor]:
-    """Strings -> what the model's text tower reads, exactly as in training: token ids
-    (`text.kind: tokens`) or CLIPPO-rendered, normalised pixels (`text.kind: pixels`)."""
-    if config.text.kind == "pixels":
-        from clipray.text.render import UnifontRenderer
-
-        renderer = UnifontRenderer(config.text.font, image_size=config.model.vision.image_size)
-        return lambda texts: to_model_input(torch.from_numpy(renderer(texts)), config.image.mean, config.image.std)
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
-    return lambda texts: torch.from_numpy(tokenizer(texts)).long()
+    """Strings -> what the model's text tower reads, exactly as in training: token ids or
+    CLIPPO-rendered, normalised pixels, as `text_encoding.kind` chooses."""
+    encoding = text_encoding(config)
+    encode = encoding.encoder()
+    return lambda texts: text_tower_input(encoding, torch.from_numpy(encode(texts)), config.image.mean,
+                                          config.image.std)
 
 
 @torch.no_grad()

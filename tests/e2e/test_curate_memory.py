@@ -137,7 +137,7 @@ def test_clip_score_actor_stage_drops_exactly_the_rows_below_the_threshold(tmp_p
     (tmp_path / "train").mkdir()
     pq.write_table(pa.table({"key": keys, "caption": captions, "jpg": pa.array(jpg, pa.binary()),
                              "punsafe": np.where(unsafe, 0.9, 0.1)}), tmp_path / "train" / "part-00000.parquet")
-    model_config = load_config(data={"name": "scorer", "model": SCORE_MODEL, "text": {"tokenizer": "words"}})
+    model_config = load_config(data={"name": "scorer", "model": SCORE_MODEL, "text_encoding": {"tokenizer": "words"}})
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
@@ -153,7 +153,7 @@ def test_clip_score_actor_stage_drops_exactly_the_rows_below_the_threshold(tmp_p
     config = load_config(data={"name": "score", "data": {
         "source": str(tmp_path / "train"), "dedup": "off", "decontaminate": False, "batch_size": 16,
         "concurrency": 1, "num_cpus": 0.5, "where": ["punsafe < 0.5"], "min_clip_score": threshold,
-        "score_model": str(ckpt), "keep_scores": True}, "model": SCORE_MODEL, "text": {"tokenizer": "words"}})
+        "score_model": str(ckpt), "keep_scores": True}, "model": SCORE_MODEL, "text_encoding": {"tokenizer": "words"}})
     result = curate(config, str(tmp_path / "out"), log=False)
     assert result.dropped == {"where_punsafe_lt_0.5": int(unsafe.sum()), "low_clip_score": len(low)}
     assert result.rows_in == n == result.rows_out + sum(result.dropped.values())
