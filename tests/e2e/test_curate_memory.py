@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("curate-memory")]  # one local Ray (module fixture) for both tests
+pytestmark = pytest.mark.e2e  # both tests share one local Ray (a module fixture): ONE_WORKER_MODULES in tests/conftest.py
 
 STORE_BYTES = 80 * 2**20
 ROW_BYTES = 800 * 2**10
