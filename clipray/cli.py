@@ -402,7 +402,8 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from clipray.models.clip.export import ExportError, export_model
+    from clipray.export import export_model
+    from clipray.models.clip.export import ExportError
 
     try:
         result = export_model(args.model, args.format, args.out, tracking_uri=args.tracking_uri)

@@ -60,10 +60,11 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
     from mlflow.tracking import MlflowClient
 
     from clipray.config import load_config
-    from clipray.eval.zeroshot import embed_images, load_zeroshot_task
+    from clipray.eval.zeroshot import load_zeroshot_task
     from clipray.models import build_model
+    from clipray.models.checkpoint import read_state
+    from clipray.models.inputs import embed_images
     from clipray.text import load_tokenizer
-    from clipray.train.context import load_state
 
     client = MlflowClient(trained["uri"])
     versions = client.search_model_versions("name='clip-tiny'")
@@ -78,7 +79,7 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
                          [f"eval.zeroshot_source={tiny_data / 'eval'}"])
     state_files = sorted(Path(trained["cwd"], "runs").rglob("state.pt"), key=lambda p: p.stat().st_mtime)
     model = build_model(config.model)
-    model.load_state_dict(load_state(state_files[-1].parent)["objective"]["model"])
+    model.load_state_dict(read_state(str(state_files[-1].parent))["objective"]["model"])
     model.eval()
 
     eval_file = sorted((tiny_data / "eval").glob("*.parquet"))[0]
@@ -89,7 +90,7 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
     got = np.asarray(loaded.predict(frame))
 
     task = load_zeroshot_task(config)  # the evaluation path: same decode/transform, separate code
-    want_img = embed_images(model, task.images[:6], config, torch.device("cpu")).numpy()
+    want_img = embed_images(model, task.images[:6], config).numpy()
     tok = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
     with torch.no_grad():
         want_txt = F.normalize(model.encode_text(torch.from_numpy(tok(texts)).long()).float(), dim=-1).numpy()

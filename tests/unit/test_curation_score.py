@@ -15,7 +15,7 @@ from clipray.config import load_config, to_dict
 from clipray.data.curate.score import SCORE_COLUMN, ClipScorer, resolve_score_model
 from clipray.data.stats import PipelineStats
 from clipray.models import build_model
-from clipray.train.context import STATE_FILE
+from clipray.models.checkpoint import STATE_FILE
 
 CFG = {"name": "score", "model": {"embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 32,
                                                                 "layers": 1, "heads": 2},

@@ -1,4 +1,4 @@
-"""Model loading for `clipray eval`/`embed` from a checkpoint directory, and its errors."""
+"""The model loader (`clipray.eval.loading`): checkpoint directories, registered versions, and its errors."""
 
 from pathlib import Path
 
@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from clipray.config import load_config, to_dict
-from clipray.eval.loading import build_loaded_model, load_state_dict, resolve_model
+from clipray.eval.loading import load_model, resolve_model
 from clipray.models import build_model
-from clipray.train.context import save_state
+from clipray.models.checkpoint import write_state
 
 TINY = {"name": "ckpt-test", "model": {"embed_dim": 16, "vision": {"image_size": 16, "patch_size": 8, "width": 16,
                                                                   "layers": 1, "heads": 2},
@@ -18,21 +18,23 @@ TINY = {"name": "ckpt-test", "model": {"embed_dim": 16, "vision": {"image_size":
 def test_checkpoint_directory_gives_config_step_and_weights(tmp_path: Path):
     config = load_config(data=TINY)
     model = build_model(config.model)
-    save_state({"objective": {"model": model.state_dict()}, "config": to_dict(config), "step": 7}, tmp_path)
+    write_state({"objective": {"model": model.state_dict()}, "config": to_dict(config), "step": 7}, str(tmp_path))
     source = resolve_model(str(tmp_path))
     assert source.config.name == "ckpt-test" and source.step == 7 and source.run_id is None
-    loaded = build_loaded_model(source.config, load_state_dict(source))
-    assert not loaded.training
+    loaded = load_model(source)
+    assert not loaded.model.training
     for key, value in model.state_dict().items():
-        assert torch.equal(loaded.state_dict()[key], value), key
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    # Its inputs: the evaluation image ops and the pipeline's tokenizer.
+    assert loaded.text_input(["a red circle"]).shape == (1, 8)
 
 
 def test_bad_model_references_name_the_cause(tmp_path: Path):
     with pytest.raises(FileNotFoundError, match=r"no state\.pt"):
         resolve_model(str(tmp_path))
-    with pytest.raises(ValueError, match="registered-model URIs"):
-        resolve_model("models:/clip/1")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    with pytest.raises(FileNotFoundError, match="models:/clip/1: not in the model registry"):
+        resolve_model("models:/clip/1", tracking_uri=uri)
     with pytest.raises(FileNotFoundError, match="neither a checkpoint directory nor a run"):
         resolve_model("0123456789abcdef", tracking_uri=uri)
 

@@ -69,15 +69,15 @@ class ClipScorer:
 
         from clipray.config import load_config
         from clipray.data.pipeline import build_ops
-        from clipray.eval.loading import build_loaded_model
-        from clipray.eval.zeroshot import text_encoder_input
+        from clipray.models import build_trained_model
+        from clipray.models.inputs import text_input
 
         self.config = load_config(data=model_config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         state = ray.get(state_ref) if isinstance(state_ref, ray.ObjectRef) else state_ref
-        self.model = build_loaded_model(self.config, state).to(self.device)
+        self.model: Any = build_trained_model(self.config.model, state).to(self.device)
         self.ops = build_ops(self.config, train=False, names=("decode", "image_transform"))
-        self.to_text = text_encoder_input(self.config)
+        self.to_text = text_input(self.config)
         self.min_score = min_score
         self.stats = stats
         self.image_column = image_column
@@ -133,11 +133,10 @@ def score_stage(ds: ray.data.Dataset, config: PipelineConfig, stats: Any) -> ray
     from ray.data import ActorPoolStrategy
 
     from clipray.config import to_dict
-    from clipray.eval.loading import load_state_dict
 
     d = config.data
     source = resolve_score_model(d.score_model or "", config.tracking.tracking_uri)
-    state_ref = ray.put(load_state_dict(source))
+    state_ref = ray.put(source.state_dict)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     return ds.map_batches(
         ClipScorer,
