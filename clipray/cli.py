@@ -234,7 +234,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="MLflow run id (or runs:/<id>) of a training run, or a checkpoint directory")
+                   help="MLflow run id (or runs:/<id>) of a training run, a checkpoint directory, or a "
+                        "registered version (models:/NAME/VERSION, models:/NAME@ALIAS)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=_positive, default=256, help="rows per embedding batch")
     p.add_argument("--actors", type=_positive, default=1, help="embedding actors (each loads the model once)")
@@ -392,7 +393,8 @@ def _add_export_command(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("export", help="write a trained CLIP in OpenAI / open_clip layout (open_clip loads the folder)")
     p.add_argument("model", metavar="RUN_ID|CHECKPOINT",
-                   help="MLflow run id (or runs:/<id>) of a training run, or a checkpoint directory")
+                   help="MLflow run id (or runs:/<id>) of a training run, a checkpoint directory, or a "
+                        "registered version (models:/NAME/VERSION, models:/NAME@ALIAS)")
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="open_clip: open_clip_config.json + weights (open_clip.create_model('local-dir:OUT')); "
                         "openai: one OpenAI-layout state dict (model.pt)")
