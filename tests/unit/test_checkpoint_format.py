@@ -48,3 +48,12 @@ def test_missing_or_unreadable_checkpoints_are_one_line_naming_the_file(tmp_path
     assert main(["export", str(tmp_path / "garbage"), "--format", "open_clip", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(tmp_path / "garbage" / STATE_FILE) in err, err
+
+
+def test_init_from_reads_a_clipray_checkpoint_with_the_same_reader(tmp_path):
+    from clipray.models.clip.state_dict_adapter import read_state_dict
+
+    weights = {"w": torch.arange(3.0)}
+    write_state({"step": 1, "objective": {"model": weights}}, str(tmp_path))
+    for ref in (str(tmp_path), str(tmp_path / STATE_FILE)):  # model.init_from: the directory or its state.pt
+        assert torch.equal(read_state_dict(ref)["w"], weights["w"])
