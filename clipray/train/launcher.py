@@ -1,4 +1,5 @@
-"""Driver side of a training run: MLflow run, Ray cluster, TorchTrainer, final evaluation."""
+"""Driver side of a training run: open the MLflow run, check the inputs, connect to Ray, fit, finish
+(evaluate once, publish once). `train` tells it in that order; each step is a function below."""
 
 from __future__ import annotations
 
