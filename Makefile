@@ -9,6 +9,9 @@ STAMP := $(VENV)/.installed
 # lies on disk (an unpinned torch would pull a multi-GB CUDA build).
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_CPU := torch==2.13.0
+# pytest-xdist workers for `make test`. An end-to-end test spends most of its time waiting on Ray
+# start-up and MLflow, so three share two cores well; `make test TEST_WORKERS=0` runs them serially.
+TEST_WORKERS ?= 3
 
 .PHONY: install demo test lint bench clean reference-env
 
@@ -38,7 +41,7 @@ demo: install
 test: install reference-env
 	$(VENV)/bin/ruff check clipray tests
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check clipray tests

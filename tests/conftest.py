@@ -97,3 +97,16 @@ def curation_data(tmp_path_factory: pytest.TempPathFactory):
     from tests.support.curation_data import build
 
     return build(tmp_path_factory.mktemp("curation"))
+
+
+# Longest first: `make test` spreads the tests over a few pytest-xdist workers, each taking the
+# next test as it finishes one, so the runs that start Ray clusters go out first and the many
+# quick unit tests fill the gaps at the end instead of leaving one worker on a long tail.
+def _cost(item: pytest.Item) -> int:
+    if item.get_closest_marker("slow"):
+        return 0
+    return 1 if item.get_closest_marker("e2e") else 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=_cost)  # stable: files and tests keep their order within each cost

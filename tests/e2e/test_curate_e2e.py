@@ -26,8 +26,9 @@ from mlflow.tracking import MlflowClient
 
 from clipray.data.curate.near import Thresholds, find_near_duplicates_local, signature_of_bytes
 from tests.conftest import ROOT, run_clipray
+from tests.support.pipelines import tiny_run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("curate")]  # its module-scoped fixtures start once, on one worker
 PIPELINE = str(ROOT / "pipelines" / "curate-openclipart.yaml")
 
 
@@ -143,11 +144,10 @@ def test_mlflow_run_has_counts_and_the_picture_of_removed_groups(curated):
 def test_training_on_curated_output_logs_the_curation_counts(curated, tmp_path):
     """`clipray train` reads the curated directory as data.source and records its drops."""
     env = dict(curated["env"], MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/train.db")
-    proc = run_clipray("train", PIPELINE, "--set", f"data.source={curated['out']}", "--set", "data.dedup=exact",
-                       "--set", "data.decontaminate=false", "--set", "eval.zeroshot_source=null",
-                       "--set", "train.steps=2", "--set", "train.checkpoint_every=2",
-                       "--set", "data.concurrency=1", "--set", "data.num_cpus=0.25", "--set", "train.cpus_per_worker=0.25",
-                       "--set", "tracking.log_model=false", env=env, cwd=tmp_path)
+    proc = run_clipray(*tiny_run("data.dedup=exact", "data.decontaminate=false", "train.steps=2", "train.checkpoint_every=2",
+                                 "data.concurrency=1", "data.num_cpus=0.25", "train.cpus_per_worker=0.25",
+                                 pipeline=PIPELINE, data=str(curated["out"]), runs=tmp_path / "runs"),
+                       env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     run_id = next(line.split()[-1] for line in proc.stdout.splitlines() if line.startswith("mlflow_run_id:"))
     metrics = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(run_id).data.metrics

@@ -19,7 +19,7 @@ from clipray.train.launcher import start_local_ray
 from tests.support.corpus import CORPUS_DATA_CONFIG, write_corpus
 from tests.support.seaweedfs import free_ports
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("data-sources")]  # its module-scoped fixtures start once, on one worker
 
 BUCKET = "clipray-data-sources"
 

@@ -6,34 +6,40 @@ in which blocks reach the workers would show if it leaked into training (docs/de
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_clipray
+from tests.conftest import clipray_cmd
+from tests.support.pipelines import tiny_run
 
 pytestmark = pytest.mark.e2e
 
 
-def _train(tiny_data: Path, env: dict[str, str], cwd: Path) -> tuple[str, str]:
-    proc = run_clipray("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
-                       "--set", f"data.source={tiny_data / 'train'}", "--set", "eval.zeroshot_source=null",
-                       "--set", "data.concurrency=2", "--set", "data.local_shuffle_buffer=64",
-                       "--set", "train.steps=5", "--set", "tracking.log_model=false",
-                       "--set", f"train.storage_path={cwd / 'runs'}", env=env, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-    return proc.stdout.strip().splitlines()[-2].split(": ", 1)[1], proc.stdout + proc.stderr
+def _start(tiny_data: Path, env: dict[str, str], cwd: Path, ray_tmp: Path) -> subprocess.Popen[str]:
+    cwd.mkdir()
+    ray_tmp.mkdir()
+    # Each run has its own MLflow store and Ray temp dir: the two run at the same time, each on its
+    # own local cluster, so a difference in load between them would show too.
+    env = dict(env, MLFLOW_TRACKING_URI=f"sqlite:///{cwd}/mlflow.db", TMPDIR=str(ray_tmp))
+    return subprocess.Popen(clipray_cmd(*tiny_run("data.concurrency=2", "data.local_shuffle_buffer=64", "train.steps=5",
+                                                  data=tiny_data, runs=cwd / "runs")),
+                            env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def test_same_seed_and_layout_give_the_same_losses(tiny_data: Path, run_env, tmp_path: Path):
-    first, _ = _train(tiny_data, run_env, tmp_path)
-    second, _ = _train(tiny_data, run_env, tmp_path)
-    client = MlflowClient(run_env["MLFLOW_TRACKING_URI"])
+def _losses(proc: subprocess.Popen[str], cwd: Path) -> list[tuple[int, float]]:
+    output, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, output[-8000:]
+    run_id = next(line.split(": ", 1)[1] for line in output.splitlines() if line.startswith("mlflow_run_id: "))
+    client = MlflowClient(f"sqlite:///{cwd}/mlflow.db")
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
 
-    def losses(run_id: str) -> list[tuple[int, float]]:
-        return sorted((m.step, m.value) for m in client.get_metric_history(run_id, "train/loss"))
 
-    assert first != second
-    assert [s for s, _ in losses(first)] == list(range(1, 6))
-    assert losses(first) == losses(second)  # bit-identical, not approximately equal
+def test_same_seed_and_layout_give_the_same_losses(tiny_data: Path, run_env, tmp_path: Path, short_tmp: Path):
+    runs = [(_start(tiny_data, run_env, tmp_path / name, short_tmp / name[0]), tmp_path / name)
+            for name in ("first", "second")]
+    first, second = (_losses(proc, cwd) for proc, cwd in runs)
+    assert [s for s, _ in first] == list(range(1, 6))
+    assert first == second  # bit-identical, not approximately equal

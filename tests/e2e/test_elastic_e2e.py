@@ -35,7 +35,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, clipray_cmd
+from tests.conftest import clipray_cmd
+from tests.support.pipelines import tiny_run
 from tests.support.rayhead import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -97,11 +98,9 @@ def cluster_env(cluster, tmp_path: Path, short_tmp: Path, **extra: str) -> dict[
 def elastic_train_cmd(data: Path, samples: Path, tmp_path: Path, steps: int, global_batch: int,
                       *settings: str) -> list[str]:
     """`clipray train` of the tiny CLIP on 1 to 2 workers of the training nodes, logging its samples."""
-    sets = [f"data.source={data / 'train'}", "data.chunk_files=4", "eval.zeroshot_source=null",
-            "tracking.log_model=false", f"train.steps={steps}", f"train.global_batch_size={global_batch}",
-            "train.num_workers=[1, 2]", "train.resources_per_worker.clipray_trainer=1", *settings,
-            f"train.sample_log={samples}", f"train.storage_path={tmp_path / 'runs'}"]
-    return clipray_cmd("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"), *(a for s in sets for a in ("--set", s)))
+    return clipray_cmd(*tiny_run("data.chunk_files=4", f"train.steps={steps}", f"train.global_batch_size={global_batch}",
+                                 "train.num_workers=[1, 2]", "train.resources_per_worker.clipray_trainer=1", *settings,
+                                 f"train.sample_log={samples}", data=data, runs=tmp_path / "runs"))
 
 
 def _steps(samples: Path) -> list[dict]:

@@ -13,7 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_clipray
+from tests.conftest import run_clipray
+from tests.support.pipelines import PIPELINES, tiny_run
 
 pytestmark = pytest.mark.e2e
 
@@ -25,11 +26,8 @@ def _field(stdout: str, prefix: str) -> str:
 def test_digits_train_then_eval_zero_shot_well_above_chance(run_env, tmp_path: Path):
     proc = run_clipray("realdata", "--set", "digits", "--out", str(tmp_path / "digits"), env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_clipray("train", str(ROOT / "pipelines/tiny/clip-digits.yaml"),
-                       "--set", f"data.source={tmp_path / 'digits/train'}",
-                       "--set", f"eval.zeroshot_source={tmp_path / 'digits/eval'}",
-                       "--set", f"train.storage_path={tmp_path / 'runs'}",
-                       env=run_env, cwd=tmp_path)
+    proc = run_clipray(*tiny_run(pipeline=PIPELINES / "clip-digits.yaml", data=tmp_path / "digits", runs=tmp_path / "runs",
+                                 zeroshot=tmp_path / "digits/eval", log_model=True), env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     run_id = _field(proc.stdout, "mlflow_run_id")
     uri = _field(proc.stdout, "mlflow_tracking_uri")

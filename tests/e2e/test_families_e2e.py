@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_clipray
+from tests.conftest import run_clipray
+from tests.support.pipelines import PIPELINES, tiny_run
 
 pytestmark = pytest.mark.e2e
 
@@ -29,10 +30,9 @@ def one_epoch_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _train(pipeline: str, data: Path, run_env: dict[str, str], tmp_path: Path, *extra: str) -> tuple[MlflowClient, str, str]:
-    proc = run_clipray("train", str(ROOT / pipeline), "--set", f"data.source={data / 'train'}",
-                       "--set", f"train.steps={STEPS}", "--set", f"train.global_batch_size={GLOBAL_BATCH}",
-                       "--set", "eval.zeroshot_source=null", "--set", f"train.storage_path={tmp_path / 'runs'}",
-                       "--set", f"train.checkpoint_every={STEPS}", *extra, env=run_env, cwd=tmp_path)
+    proc = run_clipray(*tiny_run(f"train.steps={STEPS}", f"train.global_batch_size={GLOBAL_BATCH}",
+                                 f"train.checkpoint_every={STEPS}", *extra, data=data, runs=tmp_path / "runs",
+                                 pipeline=pipeline), env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     lines = proc.stdout.strip().splitlines()
     run_id, uri = lines[-2].split(": ", 1)[1], lines[-1].split(": ", 1)[1]
@@ -73,10 +73,8 @@ def test_family_trains_50_steps_and_loss_falls(pipeline, family, parts, one_epoc
 
 
 def test_text_tower_sweep_logs_child_runs_under_one_parent(tiny_data: Path, run_env, tmp_path: Path):
-    proc = run_clipray("sweep", str(ROOT / "pipelines/tiny/text-tower-ablation.yaml"),
-                       "--set", f"data.source={tiny_data / 'train'}", "--set", "eval.zeroshot_source=null",
-                       "--set", "train.steps=3", "--set", f"train.storage_path={tmp_path / 'runs'}",
-                       env=run_env, cwd=tmp_path)
+    proc = run_clipray(*tiny_run("train.steps=3", command="sweep", pipeline=PIPELINES / "text-tower-ablation.yaml",
+                                 data=tiny_data, runs=tmp_path / "runs"), env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     lines = proc.stdout.strip().splitlines()
     parent_id, uri = lines[-2].split(": ", 1)[1], lines[-1].split(": ", 1)[1]

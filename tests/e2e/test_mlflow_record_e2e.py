@@ -1,5 +1,6 @@
-"""MLflow as the system of record, against a real `mlflow server` (SQLite) with artifacts in
-SeaweedFS: the logged pyfunc model embeds like the in-process model; planted secrets appear in no
+"""The tiny pipeline trained once with `clipray train` (local Ray, 2 workers) and its record read
+back from a real `mlflow server` (SQLite) with artifacts in SeaweedFS: metrics, drops and config;
+the logged pyfunc model embeds like the in-process model; planted secrets appear in no
 param, tag or artifact."""
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import pytest
 
 from tests.conftest import ROOT, run_clipray
 from tests.support.mlflowserver import mlflow_server
+from tests.support.pipelines import tiny_run
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("mlflow-record")]  # its module-scoped fixtures start once, on one worker
 ENV_SECRET = "tok-planted-env-3b9f27c1"  # as RAY_AUTH_TOKEN in the run's environment
 CFG_SECRET = "cfg-planted-pw-77ae01"  # inside a config value (a URI with credentials)
 
@@ -37,18 +39,56 @@ def trained(tracking: str, tiny_data: Path, tmp_path_factory) -> dict[str, str]:
                PYTHONUNBUFFERED="1", RAY_AUTH_TOKEN=ENV_SECRET)
     env.pop("RAY_ADDRESS", None)
     try:
-        proc = run_clipray("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
-                           "--set", f"data.source={tiny_data / 'train'}",
-                           "--set", f"eval.zeroshot_source={tiny_data / 'eval'}",
-                           "--set", f"train.storage_path={cwd / 'runs'}",
-                           "--set", f"data.endpoint_url=http://admin:{CFG_SECRET}@127.0.0.1:1",
-                           "--set", f"tracking.run_name=nightly-{ENV_SECRET}",
+        # The tiny pipeline as a user runs it: zero-shot evaluation on, the model logged.
+        proc = run_clipray(*tiny_run(f"data.endpoint_url=http://admin:{CFG_SECRET}@127.0.0.1:1",
+                                     f"tracking.run_name=nightly-{ENV_SECRET}", data=tiny_data, runs=cwd / "runs",
+                                     zeroshot=tiny_data / "eval", log_model=True),
                            env=env, cwd=cwd, timeout=600)
     finally:
         shutil.rmtree(short, ignore_errors=True)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     lines = dict(line.split(": ", 1) for line in proc.stdout.splitlines() if line.startswith("mlflow_"))
-    return {"run_id": lines["mlflow_run_id"], "uri": tracking, "cwd": str(cwd), "stdout": proc.stdout}
+    return {"run_id": lines["mlflow_run_id"], "uri": tracking, "cwd": str(cwd), "stdout": proc.stdout, "stderr": proc.stderr}
+
+
+def test_tiny_pipeline_trains_and_logs_one_mlflow_run(trained: dict[str, str], tiny_data: Path, tmp_path: Path):
+    """`clipray train` end to end: local Ray cluster, 2 workers, the MLflow run read back with MLflow's client."""
+    import re
+
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from tests.e2e.test_train_e2e import alarming_lines
+
+    # A normal run prints nothing at warning or error level (Ray's that do not apply are silenced).
+    assert alarming_lines(trained["stdout"] + trained["stderr"]) == []
+    lines = trained["stdout"].strip().splitlines()
+    assert lines[-2].startswith("mlflow_run_id: ") and lines[-1] == f"mlflow_tracking_uri: {trained['uri']}"
+    assert re.search(r"zero-shot top-1: [0-9.]+ \(24 classes, chance 0\.042\)", trained["stdout"])
+    run_id = trained["run_id"]
+    client = MlflowClient(tracking_uri=trained["uri"])
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "clip-tiny"
+    params = run.data.params
+    assert params["train.steps"] == "6" and params["model.family"] == "clip"
+    assert params["data.source"] == str(tiny_data / "train")
+    for name in ["train/loss", "train/lr", "train/logit_scale", "train/samples_per_s", "train/world_size"]:
+        history = client.get_metric_history(run_id, name)
+        assert sorted(m.step for m in history) == list(range(1, 7)), name
+    assert {m.value for m in client.get_metric_history(run_id, "train/world_size")} == {2.0}
+    metrics = run.data.metrics
+    assert 0.0 <= metrics["eval/zeroshot_top1"] <= 1.0
+    # The shards hold 6 rows broken on purpose: 2 truncated JPEGs, 2 empty captions, 2 null images.
+    assert metrics["data/dropped/decode_error"] == 2
+    assert metrics["data/dropped/empty_caption"] == 2
+    assert metrics["data/dropped/null_image"] == 2
+    assert metrics["data/rows_per_s"] > 0 and metrics["data/stage_rows_per_s"] > 0
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert "config.yaml" in artifacts
+    logged = yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", str(tmp_path))).read_text())
+    assert logged["train"]["steps"] == 6 and logged["model"]["family"] == "clip"
+    assert any((Path(trained["cwd"]) / "runs").rglob("state.pt")), "checkpoints go under train.storage_path"
 
 
 def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny_data: Path):

@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, run_clipray
+from tests.conftest import run_clipray
+from tests.support.pipelines import tiny_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -52,12 +53,9 @@ def test_worker_killed_run_resumes_exactly(clean_data: Path, run_env, tmp_path: 
     samples_dir = tmp_path / "samples"
     env = dict(run_env, CLIPRAY_FAULT=f"step@{kill_step}:rank=1:once={tmp_path / 'killed'}",
                RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5")
-    proc = run_clipray("train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"),
-                       "--set", f"data.source={clean_data / 'train'}", "--set", "data.chunk_files=2",
-                       "--set", "eval.zeroshot_source=null",
-                       "--set", f"train.steps={STEPS}", "--set", f"train.global_batch_size={GLOBAL_BATCH}",
-                       "--set", f"train.checkpoint_every={CHECKPOINT_EVERY}",  # train.max_failures: the default
-                       "--set", f"train.sample_log={samples_dir}", "--set", f"train.storage_path={tmp_path / 'runs'}",
+    proc = run_clipray(*tiny_run("data.chunk_files=2", f"train.steps={STEPS}", f"train.global_batch_size={GLOBAL_BATCH}",
+                                 f"train.checkpoint_every={CHECKPOINT_EVERY}",  # train.max_failures: the default
+                                 f"train.sample_log={samples_dir}", data=clean_data, runs=tmp_path / "runs"),
                        env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     assert (tmp_path / "killed").exists(), "the fault never fired"

@@ -22,7 +22,8 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, clipray_cmd, run_clipray
+from tests.conftest import clipray_cmd, run_clipray
+from tests.support.pipelines import tiny_run
 from tests.support.procs import kill_all_with_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -31,10 +32,8 @@ STEPS = 8
 
 
 def test_driver_killed_then_resumed(tiny_data: Path, run_env, tmp_path: Path):
-    args = ["train", str(ROOT / "pipelines/tiny/clip-tiny.yaml"), "--set", f"data.source={tiny_data / 'train'}",
-            "--set", "eval.zeroshot_source=null", "--set", "tracking.log_model=false",
-            "--set", f"train.steps={STEPS}", "--set", "train.global_batch_size=16",
-            "--set", "train.checkpoint_every=3", "--set", f"train.storage_path={tmp_path / 'runs'}"]
+    args = tiny_run(f"train.steps={STEPS}", "train.global_batch_size=16", "train.checkpoint_every=3",
+                    data=tiny_data, runs=tmp_path / "runs")
     gate = tmp_path / "gate"
     gate.write_text("hold")
     log = (tmp_path / "first.log").open("w")

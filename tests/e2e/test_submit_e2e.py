@@ -12,7 +12,7 @@ import torch
 from tests.conftest import ROOT, run_clipray
 from tests.support.rayhead import RayHead, ray_head
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("submit")]  # its module-scoped fixtures start once, on one worker
 TINY = str(ROOT / "pipelines/tiny/clip-tiny.yaml")
 
 
