@@ -140,9 +140,12 @@ def _from_registry(ref: str, tracking_uri: str | None) -> ModelSource:
     except MlflowException as e:
         raise MissingFileError(f"--model {ref}: not in the model registry at {uri} ({e})") from None
     where = f"models:/{name}/{version.version}"
+    # MLflow resolves a models:/ URI through its global tracking URI (3.18 does not pass the
+    # download's tracking_uri/registry_uri on to the registry lookup), so it is set here as
+    # registration sets it (clipray.tracking.publish).
+    mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp, tracking_uri=uri,
-                                                         registry_uri=uri))
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp))
         found = next(local.rglob(STATE_FILE), None)
         if found is None:
             raise MissingFileError(f"--model {ref}: version {version.version} holds no {STATE_FILE} (not logged by "

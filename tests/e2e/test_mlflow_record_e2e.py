@@ -166,7 +166,7 @@ def test_no_planted_secret_is_logged(trained: dict[str, str], tmp_path: Path):
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/clip-tiny/{v.version}",
                                                          dst_path=str(tmp_path / "m")))
     files += [p for p in model_dir.rglob("*") if p.is_file()]
-    assert any(f.name == "pipeline.yaml" for f in files) and any(f.name == "MLmodel" for f in files)
+    assert any(f.name == "state.pt" for f in files) and any(f.name == "MLmodel" for f in files)  # config inside
     for secret in (ENV_SECRET, CFG_SECRET):
         assert secret not in blob, f"{secret} in params/tags"
         for f in files:

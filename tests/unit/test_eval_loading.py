@@ -49,3 +49,39 @@ def test_eval_inputs_are_checked_before_the_model_is_looked_up(tmp_path: Path):
     (tmp_path / "set" / "part-0.parquet").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"classes\.json \(a JSON object .* --classes or eval\.classes_file"):
         evaluate("0123456789abcdef", str(tmp_path / "set"), tracking_uri="http://127.0.0.1:1", log=False)
+
+
+def test_registered_version_loads_the_logged_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A version registered as `clipray train` registers it (pyfunc model with its `state.pt`) loads by
+    `models:/NAME/VERSION` and `models:/NAME@ALIAS`, even when MLflow's default store is another."""
+    import io
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    from PIL import Image
+
+    from clipray.tracking import start_run
+    from clipray.tracking.model import log_pyfunc_model
+    from clipray.tracking.publish import register
+
+    config = load_config(data=TINY)
+    torch.manual_seed(0)
+    model = build_model(config.model).eval()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    buf = io.BytesIO()
+    Image.new("RGB", (20, 20), "red").save(buf, format="JPEG")
+    before = mlflow.get_tracking_uri()
+    try:
+        run = start_run("registry", uri)
+        model_uri = log_pyfunc_model(uri, run.run_id, config, model, 5, buf.getvalue(), "a red square")
+        run.close("FINISHED")
+        version = register(uri, model_uri, "ckpt-test")
+        MlflowClient(tracking_uri=uri).set_registered_model_alias("ckpt-test", "champion", version)
+        mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/other.db")  # the default store knows no such model
+        for ref in (f"models:/ckpt-test/{version}", "models:/ckpt-test@champion"):
+            loaded = load_model(ref, tracking_uri=uri)
+            assert loaded.source.version == version and loaded.source.run_id == run.run_id and loaded.source.step == 5
+            for key, value in model.state_dict().items():
+                assert torch.equal(loaded.model.state_dict()[key], value), key
+    finally:
+        mlflow.set_tracking_uri(before)
