@@ -41,7 +41,7 @@ demo: install
 test: install reference-env
 	$(VENV)/bin/ruff check clipray tests
 	$(VENV)/bin/mypy
-	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup --durations=30
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --durations=30
 
 lint: install
 	$(VENV)/bin/ruff check clipray tests

@@ -23,7 +23,7 @@ OUT = ROOT / "docs" / "architecture.md"
 
 # Lowest first. Modules directly under clipray/ (registry.py, cli.py, ...) are named by their stem.
 FLOORS: list[tuple[str, ...]] = [
-    ("registry", "errors", "config", "text"),
+    ("registry", "errors", "config", "text", "runtime", "commandline"),
     ("data", "models", "losses"),
     ("train", "eval", "tracking", "export"),
     ("jobs", "schedule", "bench", "cli", "__main__"),

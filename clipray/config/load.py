@@ -51,6 +51,9 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: Iterable[
         raw.setdefault("name", Path(path).stem)
     for item in overrides:
         apply_override(raw, item)
+    if "text" in raw:  # the caption-input section was renamed so it no longer reads like model.text (the tower)
+        raise ConfigError(f"{where}: the top-level section `text:` is now `text_encoding:` (kind, tokenizer, font); "
+                          "`model.text` is the text tower")
     return build(PipelineConfig, raw, where=where)
 
 

@@ -41,9 +41,10 @@ class DataConfig:
     # How long the driver's S3 pre-flight (listing, parquet footers) retries a stalled or restarting
     # endpoint, with backoff, before the run fails naming the object and the endpoint.
     s3_retry_s: float = 40.0
-    # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order.
+    # Op chain of the CPU stage (names in clipray.data.ops.op_registry), in order. `encode_text`
+    # is the op text_encoding.kind chooses (tokenize or render_text; clipray.text.encoding).
     ops: list[str] = field(default_factory=lambda: [
-        "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "tokenize",
+        "dedup_images", "decode", "image_filter", "clean_caption", "caption_filter", "image_transform", "encode_text",
     ])
     jpeg_decoder: Literal["simplejpeg", "pil"] = "simplejpeg"  # simplejpeg: libjpeg-turbo M/8 reduced decode
     # Filters (each counts its drops by reason).
@@ -113,7 +114,7 @@ class ImageConfig:
 
 
 @dataclass(kw_only=True)
-class TextConfig:
+class TextEncodingConfig:
     kind: Literal["tokens", "pixels"] = "tokens"
     tokenizer: str = "words"  # spec passed to clipray.text.load_tokenizer
     # kind=pixels: the GNU Unifont .hex file the CLIPPO renderer reads (Debian package `unifont`).
@@ -385,7 +386,7 @@ class PipelineConfig:
     name: str
     data: DataConfig = field(default_factory=DataConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
-    text: TextConfig = field(default_factory=TextConfig)
+    text_encoding: TextEncodingConfig = field(default_factory=TextEncodingConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -394,8 +395,8 @@ class PipelineConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
     def __post_init__(self) -> None:
-        if self.model.family == "clippo" and self.text.kind != "pixels":
-            raise ValueError("model.family=clippo reads rendered text images: set text.kind=pixels")
+        if self.model.family == "clippo" and self.text_encoding.kind != "pixels":
+            raise ValueError("model.family=clippo reads rendered text images: set text_encoding.kind=pixels")
         # Gradient caching needs a tower whose output for a row does not depend on the other rows
         # of its micro-batch. BatchNorm normalises in training by the micro-batch's statistics, so
         # a ResNet tower would see other statistics (and update its running ones differently) than

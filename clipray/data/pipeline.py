@@ -3,11 +3,12 @@
     resolve source (list files, check S3 reachability/credentials and schemas before Ray Data)
       -> read_parquet (projection, hive partition columns, seeded file order)
       -> Preprocess: data.ops, by default dedup_images -> decode -> image_filter -> clean_caption
-                     -> caption_filter -> image_transform -> tokenize | render_text
+                     -> caption_filter -> image_transform -> encode_text (tokenize | render_text)
       -> {key, image uint8 (N,S,S,3), tokens int32 (N,L) | text_image uint8 (N,S,S,3)}
          (+ data.partition_columns)
 
-`text.kind` picks the text stage: `tokens` (CLIP BPE ids) or `pixels` (CLIPPO rendering).
+`encode_text` is the text stage `text_encoding.kind` chooses (`clipray.text.encoding`): `tokenize`
+(CLIP BPE ids) or `render_text` (CLIPPO rendering).
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from clipray.config import ConfigError
 from clipray.data.ops.base import Batch, CountingStats, Op, batch_len, op_registry
+from clipray.data.ops.text import EncodeText
 from clipray.data.sources import Source, check_columns, read_parquet, resolve
+from clipray.text.encoding import OP_NAMES, TEXT_COLUMNS, text_encoding
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -30,25 +34,29 @@ if TYPE_CHECKING:
     from clipray.config.schema import DataConfig
     from clipray.data.ops.filters import Claims
     from clipray.data.stats import SharedDedup
-    from clipray.text.tokenizer import Tokenizer
 
-TRAIN_OPS = ("decode", "clean_caption", "image_transform", "tokenize")  # the minimal chain
-OUTPUT_COLUMNS = ("key", "image", "tokens", "text_image")
-TEXT_OPS = {"tokens": "tokenize", "pixels": "render_text"}
+TRAIN_OPS = ("decode", "clean_caption", "image_transform", "encode_text")  # the minimal chain
+OUTPUT_COLUMNS = ("key", "image", *TEXT_COLUMNS)
 
 
 def build_ops(config: PipelineConfig, *, train: bool, names: Sequence[str] | None = None) -> list[Op]:
-    """The ops named in `names` (default: `data.ops`), in order, with the text stage that
-    `text.kind` selects (tokenize or render_text)."""
+    """The ops named in `names` (default: `data.ops`), in order (`op_names`)."""
     return [op_registry.get(name)(config, train=train) for name in op_names(config, names)]
 
 
 def op_names(config: PipelineConfig, names: Sequence[str] | None = None) -> tuple[str, ...]:
-    text_op = TEXT_OPS[config.text.kind]
+    """`names` (default: `data.ops` plus the configured curation filters) with `encode_text` named
+    as the op of the text encoding. A text op of the other encoding is refused: `tokenize` with
+    text_encoding.kind=pixels would otherwise write a column the text tower does not read."""
+    text_op = text_encoding(config).op_name
     chosen = config.data.ops if names is None else names
     if names is None:
         chosen = with_curation_ops(config, chosen)
-    return tuple(text_op if name in TEXT_OPS.values() else name for name in chosen)
+    wrong = [name for name in chosen if name in OP_NAMES and name != text_op]
+    if wrong:
+        raise ConfigError(f"data.ops lists {wrong[0]!r} but text_encoding.kind={config.text_encoding.kind} "
+                          f"encodes captions with {text_op!r}: list 'encode_text' (the op the kind chooses)")
+    return tuple(text_op if name == "encode_text" else name for name in chosen)
 
 
 def with_curation_ops(config: PipelineConfig, names: Sequence[str]) -> list[str]:
@@ -297,33 +305,10 @@ def preflight(config: PipelineConfig) -> Source:
     refuse_dataset_wide(config)
     src = resolve_source(config)
     ops = build_ops(config, train=True)
-    check_tokenizer(config, next((op.tokenizer for op in ops if hasattr(op, "tokenizer")), None))
+    encoding = text_encoding(config)
+    encoders = [op.encoder for op in ops if isinstance(op, EncodeText)]
+    encoding.check_vocabulary(encoders[0] if encoders else None)
     return src
-
-
-def check_tokenizer(config: PipelineConfig, tokenizer: Tokenizer | None = None, *, remote_ok: bool = False) -> None:
-    """For text.kind=tokens: model.text.vocab_size holds every id of text.tokenizer (a ConfigError
-    naming both sizes otherwise). Run before Ray starts by `preflight` and by `clipray submit`.
-
-    `remote_ok`: a vocabulary this machine cannot read (a URI, or an absolute path that exists only
-    on the cluster) is left to the job's own preflight, which runs before its training starts."""
-    import os
-
-    from clipray.config import ConfigError
-    from clipray.data.ops.text import Tokenize
-    from clipray.text.tokenizer import check_vocabulary_fits
-
-    spec = config.text.tokenizer
-    if config.text.kind != "tokens":
-        return
-    if remote_ok and tokenizer is None and ("://" in spec or (os.path.isabs(spec) and not os.path.exists(spec))):
-        return
-    if tokenizer is None:
-        tokenizer = Tokenize(config.text.tokenizer, config.model.text.context_length).tokenizer
-    try:
-        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text.tokenizer)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
 
 
 def list_source_files(config: PipelineConfig, source: str | None = None) -> list[str]:

@@ -17,7 +17,7 @@ def profile(config: PipelineConfig, *, limit: int | None = None, quiet: bool = F
 
     from clipray.data.pipeline import build_dataset, preflight
     from clipray.data.stats import stats_actor
-    from clipray.train.launcher import init_ray
+    from clipray.runtime import init_ray
 
     # With --json, stdout must hold the JSON object alone: send anything else to stderr.
     with contextlib.redirect_stdout(sys.stderr) if quiet else contextlib.nullcontext():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -242,119 +241,12 @@ def check_columns(src: Source, required: Sequence[str], *, limit: int = SCHEMA_C
 
 
 FOOTER_ACTORS_ENV = "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS"
-READER_CPU_ENV = "RAY_DATA_PARQUET_READER_CPU_COUNT"
 BIN_BYTES_ENV = "RAY_DATA_PARQUET_BIN_PACKING_BYTES"
-PROGRESS_BARS_OFF_ENV = "RAY_DATA_DISABLE_PROGRESS_BARS"
 # Ray Data packs parquet row groups into read units of up to 128 MiB, and one unit is one task for
 # one preprocessing actor: four 25 MB files made a single unit that left the second actor of two
 # idle, twelve made three units split 7:5 between two actors. Units of 32 MiB keep every actor busy
 # to the end of a chunk of files; a unit still holds at least one row group.
 READ_UNIT_BYTES = 32 << 20
-# What clipray puts in the environment of its Ray workers. Ray Data's parquet read task resizes
-# Arrow's process-wide CPU pool to 32 threads by default, whatever the node's core count; on 2
-# cores those threads spent 3.8 CPU-s reading 6,000 web rows (284 MB) where Arrow's own default,
-# one thread per core (the value 0 keeps it), spent 1.1. Ray reads the variable when a worker
-# imports its parquet reader, so it must be in the worker's environment from the start.
-# Ray Data warns (a UserWarning, once per dataset execution) when a fixed actor pool gets fewer
-# input blocks than it has actors: a chunk of one small file makes one read unit. clipray sizes
-# its pools on purpose (clipray.data.pipeline: a fixed pool, not an autoscaling one), and an
-# idle actor on a small chunk needs no action from the user. Python matches the start of the
-# message; the executor runs in a Ray worker (the streaming_split coordinator), hence the
-# environment variable, and in the driver for `clipray eval`/`embed` (quiet_known_warnings).
-MIN_ACTORS_WARNING = "The minimum number of concurrent actors"
-# DDP warns (once per worker) when a gradient's strides differ from its bucket view's. CPU 1x1
-# convolutions (CLIP's ResNet tower) return weight gradients whose strides differ only in
-# dimensions of size 1: the same memory layout, so nothing is wrong and nothing is slower.
-DDP_STRIDES_WARNING = "Grad strides do not match bucket view strides"
-WORKER_ENV_DEFAULTS = {READER_CPU_ENV: "0", "PYTHONWARNINGS": ",".join(
-    f"ignore:{message}:UserWarning" for message in (MIN_ACTORS_WARNING, DDP_STRIDES_WARNING))}
-
-
-def worker_env() -> dict[str, str]:
-    """clipray's defaults for the Ray workers' environment that this process's environment does
-    not set: a value set here already (by the user, or by a job's runtime_env) wins and is not
-    repeated, which would also make Ray refuse to merge a job's runtime_env with the driver's."""
-    defaults = dict(WORKER_ENV_DEFAULTS)
-    if progress_bars_unwanted():
-        defaults[PROGRESS_BARS_OFF_ENV] = "1"
-    return {name: value for name, value in defaults.items() if name not in os.environ}
-
-
-def progress_bars_unwanted() -> bool:
-    """This process writes to a file (a job's log, CI) and the user has not chosen either way.
-
-    Ray Data's progress bars in the Ray processes reach the driver as log lines, and in a file
-    every redraw repeats each finished bar: 1,100 such lines in a 60-step run. Each execution's
-    start and finish lines remain.
-    """
-    return not sys.stdout.isatty() and PROGRESS_BARS_OFF_ENV not in os.environ
-
-
-# Ray Data logs a warning, once per process, that progress bars are off; clipray turns them off
-# where output goes to a file (progress_bars_unwanted, build_dataset). Only this logger's warnings
-# are dropped; its errors, and every other Ray Data warning, still show.
-PROGRESS_LOGGER = "ray.data._internal.progress"
-
-
-# Ray's core logs an error-level line whenever an actor whose constructor arguments sit in the
-# object store may be restarted (ray#53727: a restart would fail if those objects were gone).
-# Ray Data creates every actor-pool worker that way (the map function is `ray.put` once, and
-# the operator holds it for as long as its actors live), so for clipray's preprocessing and
-# embedding actors the condition cannot occur. The driver drops the lines it forwards from the
-# workers that match; Ray reads the variable when `ray` is first imported.
-SKIP_LOG_LINES = r"has constructor arguments in the object store and max_restarts > 0"
-SKIP_LOG_LINES_ENV = "RAY_DEDUP_LOGS_SKIP_REGEX"
-
-
-def skip_known_log_lines() -> None:
-    """Set SKIP_LOG_LINES_ENV (unless the user set it) before this process imports ray."""
-    os.environ.setdefault(SKIP_LOG_LINES_ENV, SKIP_LOG_LINES)
-
-
-def quiet_known_warnings() -> None:
-    """In this process, drop the Ray warnings that clipray knows do not apply (the workers of an
-    embedded cluster get the same through `ray_data_logging_env`)."""
-    import logging
-    import warnings
-
-    warnings.filterwarnings("ignore", message=MIN_ACTORS_WARNING, category=UserWarning)
-    logging.getLogger(PROGRESS_LOGGER).setLevel(logging.ERROR)
-
-
-def ray_data_logging_env(directory: str) -> dict[str, str]:
-    """`RAY_DATA_LOGGING_CONFIG` for the workers of an embedded cluster: Ray Data's own default
-    logging configuration plus PROGRESS_LOGGER at error level, written under `directory`.
-
-    Ray Data applies the file when a process imports it. A value the user set wins.
-    """
-    import copy
-
-    import yaml
-    from ray.data._internal.logging import DEFAULT_CONFIG  # Ray's defaults, so nothing else changes
-
-    name = "RAY_DATA_LOGGING_CONFIG"
-    if name in os.environ:
-        return {}
-    config: dict[str, Any] = copy.deepcopy(DEFAULT_CONFIG)
-    config["loggers"][PROGRESS_LOGGER] = {"level": "ERROR", "propagate": True}
-    path = os.path.join(directory, "clipray-ray-data-logging.yaml")
-    with open(path, "w") as f:
-        yaml.safe_dump(config, f)
-    return {name: path}
-
-
-def quiet_progress_bars() -> None:
-    """Progress bars off in this process's Ray Data context when `progress_bars_unwanted()`.
-
-    The environment variable alone is not enough: Ray Train hands the driver's context to its
-    workers, and the context reads the variable once, when ray.data is imported.
-    """
-    if progress_bars_unwanted():
-        from ray.data import DataContext
-
-        DataContext.get_current().enable_progress_bars = False
-
-
 def read_parquet(src: Source, *, columns: list[str] | None = None, shuffle_seed: int | None = None,
                  num_cpus: float = 0.25, include_paths: bool = False) -> ray.data.Dataset:
     """A lazy dataset over `src.files`, projected to `columns`; hive partitions become columns."""

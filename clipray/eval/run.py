@@ -59,8 +59,8 @@ def set_name(data: str) -> str:
 def evaluate(model_ref: str, data: str, *, classes_file: str | None = None, name: str | None = None,
              tracking_uri: str | None = None, experiment: str = "clipray-eval", log: bool = True,
              options: EmbedOptions | None = None) -> EvalResult:
+    from clipray.runtime import init_ray
     from clipray.tracking import resolve_tracking_uri
-    from clipray.train.launcher import init_ray
 
     started = time.monotonic()
     files = parquet_files(data)  # the local inputs first: they fail faster than a model lookup
@@ -134,7 +134,7 @@ def embed(model_ref: str, data: str, out: str, *, modality: str, column: str | N
           keep: tuple[str, ...] = ("key",), tracking_uri: str | None = None,
           options: EmbedOptions | None = None) -> dict[str, Any]:
     """Write `out/*.parquet` with the pass-through columns and `embedding` for every row of `data`."""
-    from clipray.train.launcher import init_ray
+    from clipray.runtime import init_ray
 
     source = resolve_model(model_ref, tracking_uri)
     config = source.config

@@ -1,4 +1,4 @@
-"""The `clipray submit` and `clipray jobs ...` commands (argparse wiring stays in clipray.cli)."""
+"""`clipray submit` and `clipray jobs list|status|logs|stop`."""
 
 from __future__ import annotations
 
@@ -6,13 +6,40 @@ import argparse
 import sys
 import time
 
-from clipray.jobs.client import JobsError, call, connect
+from clipray.commandline import Subparsers, add_pipeline_args, add_resume_arg, positive
+from clipray.jobs.client import ClusterError, call, connect
 from clipray.jobs.submit import prepare_job, status_name, submit_pipeline, wait_for_job
 
 
 def add_address(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="Ray dashboard, http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS, $RAY_ADDRESS)")
+
+
+def register(sub: Subparsers) -> None:
+    p = sub.add_parser("submit", help="submit a pipeline to a Ray cluster through the Jobs API")
+    add_pipeline_args(p)
+    add_address(p)
+    p.add_argument("--wait", action="store_true", help="stream the job's logs and exit with its outcome")
+    p.add_argument("--submission-id", default=None, help="job id (a resubmitted id is refused by Ray)")
+    add_resume_arg(p)
+    p.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list, inspect, follow and stop Ray jobs").add_subparsers(
+        dest="jobs_command", required=True)
+    p = jobs.add_parser("list", help="recent jobs, newest first")
+    add_address(p)
+    p.add_argument("--limit", type=positive, default=20)
+    p.set_defaults(func=cmd_jobs_list)
+    for name, func, text in [("status", cmd_jobs_status, "a job's status and message"),
+                             ("logs", cmd_jobs_logs, "a job's logs"),
+                             ("stop", cmd_jobs_stop, "stop a running job")]:
+        p = jobs.add_parser(name, help=text)
+        p.add_argument("job_id")
+        add_address(p)
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="stream until the job ends; exit with its outcome")
+        p.set_defaults(func=func)
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -78,5 +105,5 @@ def cmd_jobs_stop(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["JobsError", "add_address", "cmd_jobs_list", "cmd_jobs_logs", "cmd_jobs_status", "cmd_jobs_stop",
+__all__ = ["ClusterError", "add_address", "cmd_jobs_list", "cmd_jobs_logs", "cmd_jobs_status", "cmd_jobs_stop",
            "cmd_submit"]

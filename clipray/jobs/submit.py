@@ -18,23 +18,20 @@ import shlex
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from clipray.config import PipelineConfig, load_config, to_dict
-from clipray.jobs.client import JobsError, call
+from clipray.config import PipelineConfig, load_config
+from clipray.config.paths import with_absolute_paths
+from clipray.jobs.client import ClusterError, call
 
 if TYPE_CHECKING:
     from ray.job_submission import JobDetails, JobSubmissionClient
 
-# Config keys holding local paths that the job must see as absolute paths. `text.tokenizer` is
-# also a name (`openai`, `words`): it is a path only when such a file exists.
-PATH_KEYS = (("data", "source"), ("eval", "zeroshot_source"), ("eval", "classes_file"), ("train", "storage_path"),
-             ("model", "init_from"), ("text", "font"), ("text", "tokenizer"))
 CONFIG_NAME = "pipeline.yaml"
 # The job supervisor runs the entrypoint with `/bin/sh -c`, whose `python` is whatever the head's
 # PATH finds first: with `.venv/bin/ray start --head` (no venv on PATH) that is a python without
@@ -62,35 +59,12 @@ class PreparedJob:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def is_relative_path(value: Any) -> bool:
-    """A non-empty string that is neither a URI nor an absolute path."""
-    return isinstance(value, str) and bool(value) and "://" not in value and not os.path.isabs(value)
-
-
-def _absolute(value: Any, base: Path) -> Any:
-    if isinstance(value, list):
-        return [_absolute(v, base) for v in value]
-    return str((base / value).resolve()) if is_relative_path(value) else value
-
-
-def path_settings(raw: dict[str, Any], base: Path) -> Iterator[tuple[str, str, Any]]:
-    """(section, key, value) of the `PATH_KEYS` set in the config dict `raw`; `text.tokenizer`
-    only when a file of that name exists under `base` (else it names a built-in vocabulary)."""
-    for section, key in PATH_KEYS:
-        value = raw.get(section, {}).get(key)
-        if value is None or (key == "tokenizer" and not (base / str(value)).exists()):
-            continue
-        yield section, key, value
-
-
 def resolve_for_job(config: PipelineConfig, base: Path | None = None) -> dict[str, Any]:
     """The config as a dict with local paths absolute and the tracking URI fixed on this side."""
     from clipray.tracking import resolve_tracking_uri
 
     base = base or Path.cwd()
-    raw = to_dict(config)
-    for section, key, value in path_settings(raw, base):
-        raw[section][key] = _absolute(value, base)
+    raw = with_absolute_paths(config, base)
     if raw["train"].get("storage_path") is None:
         raw["train"]["storage_path"] = str((base / "clipray_runs").resolve())
     # The job must log where the submitter would have: resolve $MLFLOW_TRACKING_URI / the default now.
@@ -110,10 +84,10 @@ def prepare_job(pipeline: str | os.PathLike[str], overrides: Iterable[str] = (),
     `resume`: an MLflow run id the job continues (`clipray train --resume`).
     """
     import clipray
-    from clipray.data.pipeline import check_tokenizer
+    from clipray.text.encoding import text_encoding
 
     config = load_config(pipeline, overrides)
-    check_tokenizer(config, remote_ok=True)  # a vocabulary too large for the text tower never reaches the cluster
+    text_encoding(config).check_vocabulary(remote_ok=True)  # a vocabulary too large for the text tower never reaches the cluster
     resolved = resolve_for_job(config)
     if resume:  # refused here, before the cluster sees it, as `clipray train --resume` would
         from clipray.train.resume import resume_point
@@ -140,7 +114,7 @@ def cluster_python_command(args: str) -> str:
 
 
 def submit_pipeline(client: JobSubmissionClient, address: str, job: PreparedJob) -> str:
-    """Submit `job`; returns its submission id. Raises JobsError on refusal."""
+    """Submit `job`; returns its submission id. Raises ClusterError on refusal."""
     with tempfile.TemporaryDirectory(prefix="clipray-job-") as tmp:
         Path(tmp, CONFIG_NAME).write_text(yaml.safe_dump(job.resolved, sort_keys=False))
         runtime_env = {**job.runtime_env, "working_dir": tmp}
@@ -148,9 +122,9 @@ def submit_pipeline(client: JobSubmissionClient, address: str, job: PreparedJob)
             return call(address, client.submit_job, entrypoint=job.entrypoint, submission_id=job.submission_id,
                         runtime_env=runtime_env, metadata=job.metadata, entrypoint_num_cpus=0)
         except RuntimeError as e:
-            if isinstance(e, JobsError):
+            if isinstance(e, ClusterError):
                 raise
-            raise JobsError(f"the cluster at {address} rejected job {job.submission_id}: {e}") from None
+            raise ClusterError(f"the cluster at {address} rejected job {job.submission_id}: {e}") from None
 
 
 def wait_for_job(client: JobSubmissionClient, address: str, job_id: str,

@@ -2,8 +2,8 @@
 
 - images: the training pipeline's own `decode` and `image_transform` ops in evaluation mode
   (resize + centre crop) -> uint8 (N, S, S, 3); normalised on the model's device;
-- text: token ids (`text.kind: tokens`) or CLIPPO-rendered, normalised pixels (`text.kind:
-  pixels`), exactly as in training.
+- text: token ids or CLIPPO-rendered, normalised pixels, as `text_encoding.kind` chooses
+  (`clipray.text.encoding`), exactly as in training.
 
 Every in-process user embeds through `embed_images` / `embed_texts`: the evaluation
 (`clipray.eval.suite.evaluate`), the logged MLflow model (`clipray.tracking.model`) and the
@@ -28,16 +28,15 @@ TextInput = Callable[[list[str]], torch.Tensor]  # strings -> what the text towe
 
 
 def text_input(config: PipelineConfig) -> TextInput:
-    """Strings -> the text tower's input: token ids, or rendered pixels for `text.kind: pixels`."""
-    if config.text.kind == "pixels":
-        from clipray.text.render import UnifontRenderer
+    """Strings -> the text tower's input, as `text_encoding.kind` chooses: token ids, or captions
+    rendered as images (CLIPPO) and normalised like the photos. The encoder is built once."""
+    from clipray.models.common.image import text_tower_input
+    from clipray.text.encoding import text_encoding
 
-        renderer = UnifontRenderer(config.text.font, image_size=config.model.vision.image_size)
-        return lambda texts: to_model_input(torch.from_numpy(renderer(texts)), config.image.mean, config.image.std)
-    from clipray.text import load_tokenizer
-
-    tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
-    return lambda texts: torch.from_numpy(tokenizer(texts)).long()
+    encoding = text_encoding(config)
+    encode = encoding.encoder()
+    return lambda texts: text_tower_input(encoding, torch.from_numpy(encode(texts)), config.image.mean,
+                                          config.image.std)
 
 
 def decode_images(config: PipelineConfig, batch: dict[str, Any]) -> tuple[dict[str, Any], dict[str, int]]:

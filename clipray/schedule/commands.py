@@ -9,9 +9,52 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from clipray.commandline import Subparsers, add_pipeline_args, non_negative
 from clipray.errors import UnknownNameError
 
 DEFAULT_DB = "~/.clipray/scheduler.db"
+
+
+def register(sub: Subparsers) -> None:
+    from clipray.jobs.commands import add_address
+
+    sched = sub.add_parser("schedule", help="recurring retraining schedules (cron)").add_subparsers(
+        dest="schedule_command", required=True)
+    p = sched.add_parser("add", help="add a schedule that retrains PIPELINE on a cluster")
+    p.add_argument("name")
+    add_pipeline_args(p)
+    p.add_argument("--cron", required=True, type=cron_arg, help="cron expression (UTC), e.g. '0 3 * * *'")
+    add_address(p)
+    p.add_argument("--max-retries", type=non_negative, default=2, help="resubmissions of a failed window")
+    p.add_argument("--start", default=None, help="count cron ticks from this ISO time (default: now)")
+    add_state(p)
+    p.set_defaults(func=cmd_schedule_add)
+    p = sched.add_parser("list", help="schedules, next run and last submission")
+    add_state(p)
+    p.set_defaults(func=cmd_schedule_list)
+    p = sched.add_parser("remove", help="remove a schedule")
+    p.add_argument("name")
+    add_state(p)
+    p.set_defaults(func=cmd_schedule_remove)
+    p = sched.add_parser("render", help="print a schedule as Kubernetes YAML (the pipeline as a ConfigMap, and the schedule)")
+    p.add_argument("name")
+    p.add_argument("--kind", choices=["RayCronJob", "CronJob"], default="RayCronJob")
+    add_state(p)
+    p.set_defaults(func=cmd_schedule_render)
+
+    p = sub.add_parser("scheduler", help="run the scheduler service (submits due runs via the Jobs API)")
+    add_state(p)
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between checks")
+    p.add_argument("--once", action="store_true", help="one check, then exit")
+    p.add_argument("--now", default=None, help="with --once: act as if it were this ISO time")
+    p.set_defaults(func=cmd_scheduler)
+
+    p = sub.add_parser("retrain", help="one retraining run: new partitions, warm start, register, champion")
+    add_pipeline_args(p)
+    p.add_argument("--schedule", default="manual", help="schedule name recorded on the run")
+    p.add_argument("--window", default=None, help="window id (idempotence key; default: this minute, UTC)")
+    p.add_argument("--partition-key", default="dt", help="hive partition key under data.source")
+    p.set_defaults(func=cmd_retrain)
 
 
 def add_state(p: argparse.ArgumentParser) -> None:
@@ -42,11 +85,11 @@ def _fmt(ts: float) -> str:
 
 def cmd_schedule_add(args: argparse.Namespace) -> int:
     from clipray.config import load_config
-    from clipray.data.pipeline import check_tokenizer
     from clipray.schedule.store import Schedule, ScheduleStore
+    from clipray.text.encoding import text_encoding
 
     # Refuse a broken pipeline now, not at 3 a.m.
-    check_tokenizer(load_config(args.pipeline, args.overrides), remote_ok=True)
+    text_encoding(load_config(args.pipeline, args.overrides)).check_vocabulary(remote_ok=True)
     s = Schedule(args.name, args.cron, str(Path(args.pipeline).resolve()), list(args.overrides), args.address,
                  args.max_retries)
     ScheduleStore(args.state).add(s, now=_ts(args.start))

@@ -1,7 +1,8 @@
 """Kubernetes renderings of a schedule: a KubeRay `RayCronJob` (alpha, KubeRay >= 1.6 with the
 RayCronJob feature gate) or, for older operators, a `CronJob` whose pod creates a `RayJob`.
 
-Both reuse the RayJob spec of clusters/kuberay/rayjob.yaml with the retrain entrypoint. The pods
+Both reuse the RayJob spec of the packaged template (clipray/schedule/rayjob.yaml, copied to
+clusters/kuberay/rayjob.yaml as the example) with the retrain entrypoint. The pods
 run the image, not the machine that renders, so the pipeline travels in the manifest: a
 `ConfigMap` holds the validated config (overrides applied) and the head pod, where a Ray job's
 entrypoint runs, mounts it at `MOUNT_DIR`. Paths in the config must then name what the pods can
@@ -12,17 +13,21 @@ from __future__ import annotations
 
 import copy
 import shlex
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.config.paths import is_relative_path, local_path_settings
 from clipray.errors import InvalidInputError
-from clipray.jobs.submit import is_relative_path, path_settings
 from clipray.schedule.store import Schedule
 
-RAYJOB_TEMPLATE = Path(__file__).resolve().parents[2] / "clusters" / "kuberay" / "rayjob.yaml"
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+
+RAYJOB_TEMPLATE = resources.files("clipray.schedule") / "rayjob.yaml"  # package data
 MOUNT_DIR = "/etc/clipray"
 CONFIG_KEY = "pipeline.yaml"
 _VOLUME = "clipray-pipeline"
@@ -36,12 +41,12 @@ def cluster_path_problems(config: PipelineConfig, base: Path | None = None) -> l
     """Settings that would make the scheduled job read or write this machine's disk, one line each.
 
     A URI is fine; so is an absolute path, which may exist inside the image (the default Unifont
-    path does when the image installs Debian's `unifont`). `text.tokenizer` is a path only when
+    path does when the image installs Debian's `unifont`). `text_encoding.tokenizer` is a path only when
     such a file exists here (else it names a built-in vocabulary).
     """
     raw = to_dict(config)
     out = []
-    for section, key, value in path_settings(raw, base or Path.cwd()):
+    for section, key, value in local_path_settings(raw, base or Path.cwd()):
         # storage_path is checked below: unset is a problem there too.
         if key == "storage_path" or not is_relative_path(value):
             continue
@@ -58,7 +63,7 @@ def cluster_path_problems(config: PipelineConfig, base: Path | None = None) -> l
     return out
 
 
-def rayjob_spec(s: Schedule, template: Path = RAYJOB_TEMPLATE) -> dict[str, Any]:
+def rayjob_spec(s: Schedule, template: Traversable = RAYJOB_TEMPLATE) -> dict[str, Any]:
     """The RayJob spec: the template's cluster, the pipeline's ConfigMap mounted on the head, and
     `clipray retrain` on the mounted config (the overrides are already applied in it)."""
     spec = copy.deepcopy(yaml.safe_load(template.read_text())["spec"])

@@ -61,7 +61,7 @@ class Scheduler:
                 self.log(f"[scheduler] {owner.name}: {sub.submission_id}: {type(e).__name__}: {e}")
 
     def _send(self, s: Schedule, sub: Submission) -> None:
-        from clipray.jobs import JobsError
+        from clipray.jobs import ClusterError
         from clipray.jobs.submit import cluster_python_command, prepare_job, submit_pipeline
 
         job = prepare_job(s.pipeline, s.overrides, submission_id=sub.submission_id,
@@ -74,7 +74,7 @@ class Scheduler:
         try:
             submit_pipeline(client, client.get_address(), job)
             self.log(f"[scheduler] {s.name}: submitted {sub.submission_id}")
-        except JobsError as e:
+        except ClusterError as e:
             if "already exists" not in str(e):
                 self.log(f"[scheduler] {s.name}: submitting {sub.submission_id} failed: {e}")
                 return  # stays pending; tried again next tick

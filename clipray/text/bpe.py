@@ -59,7 +59,7 @@ def openai_vocab_path() -> Path:
         f"tokenizer 'openai' needs {OPENAI_VOCAB_FILE}, which ships inside the open_clip_torch wheel "
         f"({'not installed' if not locations else 'file missing in ' + ', '.join(locations)}). Install it "
         "without its dependencies (`pip install --no-deps open_clip_torch==3.3.0`, done by `make install`) "
-        "or set text.tokenizer to the path of a CLIP merges file (.txt or .txt.gz)."
+        "or set text_encoding.tokenizer to the path of a CLIP merges file (.txt or .txt.gz)."
     )
 
 

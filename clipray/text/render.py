@@ -34,7 +34,7 @@ DEFAULT_FONT = "/usr/share/unifont/unifont.hex"
 FONT_HELP = (
     "GNU Unifont is needed to render text: `apt-get install unifont` (Debian/Ubuntu; it ships "
     f"{DEFAULT_FONT} and pulls in fonts-unifont; `make install` does this where it can) or set "
-    "text.font to a Unifont .hex or .hex.gz file"
+    "text_encoding.font to a Unifont .hex or .hex.gz file"
 )
 GLYPH = 16
 NUM_CODEPOINTS = 0x10000  # the BMP; index NUM_CODEPOINTS is the blank glyph for everything else

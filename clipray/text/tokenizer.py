@@ -47,7 +47,7 @@ def check_vocabulary_fits(tokenizer: Tokenizer, model_vocab_size: int, spec: str
     """Refuse a text tower whose embedding cannot hold every id of the tokenizer (it would fail
     inside the training workers, with an index error, after the cluster had started)."""
     if tokenizer.vocab_size > model_vocab_size:
-        raise InvalidInputError(f"text.tokenizer {spec!r} has {tokenizer.vocab_size} ids but model.text.vocab_size is "
+        raise InvalidInputError(f"text_encoding.tokenizer {spec!r} has {tokenizer.vocab_size} ids but model.text.vocab_size is "
                          f"{model_vocab_size}: set model.text.vocab_size to at least {tokenizer.vocab_size}")
 
 

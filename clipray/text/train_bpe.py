@@ -4,7 +4,7 @@ Captions are cleaned exactly as for encoding (`clean_text`: ftfy, HTML, whitespa
 then HuggingFace `tokenizers` learns merges over byte-level pre-tokens that keep their leading
 space, so decoding gives the cleaned text back. Start/end-of-text are added last, so the
 end-of-text id is the largest. The result is one JSON file that `load_tokenizer(path)` reads
-(set `text.tokenizer: path/to/vocab.json`); a training run logs that file to MLflow.
+(set `text_encoding.tokenizer: path/to/vocab.json`); a training run logs that file to MLflow.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-# "token" but not "tokenizer"/"tokenize": text.tokenizer is configuration, not a credential.
+# "token" but not "tokenizer"/"tokenize": text_encoding.tokenizer is configuration, not a credential.
 SECRET_KEY = re.compile(r"(secret|password|passwd|token(?!i[sz])|api[_-]?key|access[_-]?key|credential|private)",
                         re.I)
 MASK = "***"

@@ -34,7 +34,7 @@ from clipray.losses.albef import (
 from clipray.models.albef.model import ALBEF
 from clipray.models.common.image import to_model_input
 from clipray.models.common.text import padding_mask
-from clipray.text.tokenizer import check_vocabulary_fits, load_tokenizer
+from clipray.text.encoding import text_encoding
 from clipray.train.objectives import Objective, Report, build_initial_model, objective_registry
 from clipray.train.parallel import Parallel
 
@@ -99,8 +99,9 @@ class AlbefObjective(Objective):
         # The special ids are the tokenizer's own (a trained vocabulary puts them far below
         # model.text.vocab_size): SOT acts as [CLS]; neither SOT nor EOT is masked, and random
         # replacements are drawn from the ids below them (every tokenizer puts its specials last).
-        tokenizer = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
-        check_vocabulary_fits(tokenizer, config.model.text.vocab_size, config.text.tokenizer)
+        encoding = text_encoding(config)
+        tokenizer = encoding.load_tokenizer()
+        encoding.check_vocabulary(tokenizer)
         self.sot_id, self.eot_id = tokenizer.sot_id, tokenizer.eot_id
         self.regular_ids = min(self.sot_id, self.eot_id)
 

@@ -14,14 +14,11 @@ import yaml
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
-from clipray.data.sources import (
-    quiet_known_warnings,
-    quiet_progress_bars,
-    ray_data_logging_env,
-    worker_env,
-)
+from clipray.config.paths import with_absolute_paths
 from clipray.eval.loading import CHECKPOINT_TAG
 from clipray.models.summary import log_parameter_counts
+from clipray.runtime import init_ray
+from clipray.text.encoding import text_encoding
 from clipray.tracking import MlflowTracker, NullTracker, resolve_tracking_uri, start_run
 from clipray.tracking.runs import heartbeat
 from clipray.train.faults import ENV as FAULT_ENV
@@ -40,71 +37,6 @@ class TrainResult:
     model_version: str | None = None
 
 
-def init_ray(config: PipelineConfig) -> None:
-    """Connect to the cluster in ray.address / $RAY_ADDRESS, or start an embedded local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    quiet_progress_bars()  # before worker_env() sets the variable for the workers
-    quiet_known_warnings()
-    address = config.ray.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        from ray.exceptions import AuthenticationError
-
-        from clipray.jobs.client import JobsError, auth_message, enable_token_mode_if_token
-
-        # Workers of an existing cluster do not inherit this process's environment: clipray's
-        # worker settings and the fault injection of recovery tests (clipray.train.faults) travel
-        # with the job instead.
-        env = worker_env()
-        fault = os.environ.get(FAULT_ENV)
-        if fault:
-            env[FAULT_ENV] = fault
-        enable_token_mode_if_token()  # a token in the environment is enough, as for `clipray submit`
-        try:
-            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
-        except ConnectionError as e:
-            # Ray 2.60 wraps the GCS's refusal in a RuntimeError that quotes the traceback of its
-            # AuthenticationError; the token's problem is only in that text.
-            cause = e.__cause__ or e
-            if isinstance(cause, AuthenticationError) or "InvalidAuthToken" in str(cause):
-                raise JobsError(auth_message(address, cause)) from None
-            raise
-    else:
-        start_local_ray(num_cpus=config.ray.num_cpus or os.cpu_count(), include_dashboard=True,
-                        dashboard_host="127.0.0.1", configure_logging=True, logging_level="warning")
-
-
-def start_local_ray(**init_kwargs: Any) -> None:
-    """`ray.init(**init_kwargs)` of an embedded cluster whose workers get clipray's `worker_env`.
-
-    The raylet and its workers inherit this process's environment, so the settings go there. A
-    runtime_env would carry them too, but no prestarted worker matches one: every task and actor
-    would start a fresh process.
-    """
-    import ray
-
-    os.environ.update(worker_env())
-    os.environ.update({k: v for k, v in LOCAL_CLUSTER_ENV.items() if k not in os.environ})
-    os.environ.update(ray_data_logging_env(tempfile.mkdtemp(prefix="clipray-")))
-    ray.init(**init_kwargs)
-    # The node's CPUs reach the cluster's resource view a moment after ray.init returns; a Dataset
-    # executed before that warns that "the Dataset job will hang" (and then runs normally).
-    deadline = time.monotonic() + 10
-    while not ray.available_resources().get("CPU") and time.monotonic() < deadline:
-        time.sleep(0.1)
-
-
-# Settings for an embedded single-node cluster only (the raylet and every worker inherit them):
-# - no preemption watcher: nothing preempts the local node, and Ray logs an error-level line
-#   about the watcher actor's constructor arguments at every start;
-# - worker start-up concurrency: the raylet warns once more Python workers than 4x this number
-#   exist (default: the CPU count). A 2-core run holds about 12 by design (controller, train
-#   workers, data actors, read tasks), most of them reserving fractions of a CPU.
-LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0", "RAY_worker_maximum_startup_concurrency": "8"}
-
-
 def storage_path(config: PipelineConfig) -> str:
     path = config.train.storage_path or "clipray_runs"
     return path if "://" in path else str(Path(path).resolve())
@@ -121,8 +53,9 @@ def log_config(tracker: MlflowTracker | NullTracker, config: PipelineConfig) -> 
         path = Path(tmp) / "config.yaml"
         path.write_text(yaml.safe_dump(nested, sort_keys=False))
         tracker.log_artifact(str(path))
-    if config.text.kind == "tokens" and Path(config.text.tokenizer).is_file():
-        tracker.log_artifact(config.text.tokenizer, "tokenizer")  # a trained vocabulary travels with the run
+    vocabulary = text_encoding(config).vocabulary_file()
+    if vocabulary is not None:
+        tracker.log_artifact(vocabulary, "tokenizer")  # a trained vocabulary travels with the run
 
 
 def _worker_entry(loop_config: dict[str, Any]) -> dict[str, str] | None:
@@ -174,7 +107,7 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
     beat = heartbeat(run.tracker)
     try:
         files = check_inputs(config, run)
-        init_ray(config)
+        init_ray(config, forward_env=(FAULT_ENV,))  # the fault injection of recovery tests reaches the workers
         fitted = fit(config, run, files, init_model)
         result = finish(config, run, fitted, version_tags)
         status = "FINISHED"
@@ -371,16 +304,7 @@ def final_evaluation(config: PipelineConfig, tracker: MlflowTracker, model: Any)
 
 def _worker_config(config: PipelineConfig) -> dict[str, Any]:
     """The config for the workers, local paths made absolute (workers run in another cwd)."""
-    raw = to_dict(config)
-    for section, key in (("eval", "zeroshot_source"), ("eval", "classes_file"), ("data", "source"),
-                         ("model", "init_from"), ("text", "font"), ("text", "tokenizer")):
-        value = raw[section].get(key)
-        if not value or "://" in value:
-            continue
-        if key == "tokenizer" and not Path(value).exists():
-            continue  # a registered name such as `openai`, not a path
-        raw[section][key] = str(Path(value).resolve())
-    return raw
+    return with_absolute_paths(config)
 
 
 def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:

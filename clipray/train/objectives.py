@@ -16,8 +16,9 @@ from torch import nn
 from clipray.config import PipelineConfig
 from clipray.losses import sigmoid_contrastive_loss, softmax_contrastive_loss
 from clipray.models import build_model
-from clipray.models.common.image import to_model_input
+from clipray.models.common.image import text_tower_input, to_model_input
 from clipray.registry import Registry
+from clipray.text.encoding import text_encoding
 from clipray.train.gradcache import cached_backward, split_batch
 from clipray.train.parallel import Parallel, apply_memory_switches
 
@@ -97,7 +98,7 @@ class ContrastiveObjective(Objective):
         self.mean, self.std = config.image.mean, config.image.std
         self.loss_kind = tc.loss
         self.micro_batches = tc.micro_batches
-        self.text_pixels = config.text.kind == "pixels"  # CLIPPO: rendered alt-text in batch["text_image"]
+        self.text_encoding = text_encoding(config)  # which column holds the captions: ids, or CLIPPO's rendering
 
     # nn.Module types its attributes as Tensor | Module: these two are the model's Parameters.
     @property
@@ -111,11 +112,8 @@ class ContrastiveObjective(Objective):
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         images = to_model_input(batch["image"].to(self.device, non_blocking=True), self.mean, self.std)
-        if self.text_pixels:
-            text = to_model_input(batch["text_image"].to(self.device, non_blocking=True), self.mean, self.std)
-        else:
-            text = batch["tokens"].to(self.device, non_blocking=True).long()
-        return images, text
+        column = batch[self.text_encoding.column].to(self.device, non_blocking=True)
+        return images, text_tower_input(self.text_encoding, column, self.mean, self.std)
 
     def loss(self, image_emb: torch.Tensor, text_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         if self.loss_kind == "sigmoid":

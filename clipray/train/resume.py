@@ -49,7 +49,7 @@ def config_differences(config: PipelineConfig, recorded: dict[str, str]) -> list
     secrets are not, nor keys the record lacks (settings of a newer clipray). Relative paths are
     compared as absolute paths from the working directory.
     """
-    from clipray.jobs.submit import PATH_KEYS, is_relative_path
+    from clipray.config.paths import PATH_KEYS, is_relative_path
     from clipray.tracking.tracker import MASK, _param_value, mask_secrets
 
     mine = {k: _param_value(v) for k, v in mask_secrets(flatten(to_dict(config))).items()}

@@ -28,7 +28,7 @@ from clipray.data.curate.near import Thresholds, find_near_duplicates_local, sig
 from tests.conftest import ROOT, run_clipray
 from tests.support.pipelines import tiny_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("curate")]  # its module-scoped fixtures start once, on one worker
+pytestmark = pytest.mark.e2e
 PIPELINE = str(ROOT / "pipelines" / "curate-openclipart.yaml")
 
 

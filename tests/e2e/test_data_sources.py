@@ -15,11 +15,11 @@ import pytest
 
 from clipray.config import load_config
 from clipray.data.sources import MissingColumnError, SourceError
-from clipray.train.launcher import start_local_ray
+from clipray.runtime import start_local_ray
 from tests.support.corpus import CORPUS_DATA_CONFIG, write_corpus
 from tests.support.seaweedfs import free_ports
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("data-sources")]  # its module-scoped fixtures start once, on one worker
+pytestmark = pytest.mark.e2e
 
 BUCKET = "clipray-data-sources"
 
@@ -217,9 +217,9 @@ def test_cli_reports_unreachable_endpoint_in_one_line_before_ray(run_env, tmp_pa
 
 
 @pytest.mark.parametrize(("pipeline", "setting", "said"), [
-    ("clip-tiny", "text.tokenizer=opena", "text.tokenizer: unknown tokenizer 'opena'. Did you mean 'openai'?"),
-    ("clip-tiny", "text.tokenizer=missing/vocab.txt.gz", "text.tokenizer: tokenizer vocabulary 'missing/vocab.txt.gz'"),
-    ("clippo-tiny", "text.font=/missing/unifont.hex", "text.font: font '/missing/unifont.hex' does not exist"),
+    ("clip-tiny", "text_encoding.tokenizer=opena", "text_encoding.tokenizer: unknown tokenizer 'opena'. Did you mean 'openai'?"),
+    ("clip-tiny", "text_encoding.tokenizer=missing/vocab.txt.gz", "text_encoding.tokenizer: tokenizer vocabulary 'missing/vocab.txt.gz'"),
+    ("clippo-tiny", "text_encoding.font=/missing/unifont.hex", "text_encoding.font: font '/missing/unifont.hex' does not exist"),
 ])
 def test_bad_op_setting_is_one_line_before_ray(run_env, tmp_path, tiny_data, pipeline, setting, said):
     """The ops are built once in the command before Ray starts: no actor tracebacks, no waiting."""

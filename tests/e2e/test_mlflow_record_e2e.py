@@ -15,7 +15,7 @@ from tests.conftest import ROOT, run_clipray
 from tests.support.mlflowserver import mlflow_server
 from tests.support.pipelines import tiny_run
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("mlflow-record")]  # its module-scoped fixtures start once, on one worker
+pytestmark = pytest.mark.e2e
 ENV_SECRET = "tok-planted-env-3b9f27c1"  # as RAY_AUTH_TOKEN in the run's environment
 CFG_SECRET = "cfg-planted-pw-77ae01"  # inside a config value (a URI with credentials)
 
@@ -131,7 +131,7 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
 
     task = load_zeroshot_task(config)  # the evaluation path: same decode/transform, separate code
     want_img = embed_images(model, task.images[:6], config).numpy()
-    tok = load_tokenizer(config.text.tokenizer, config.model.text.context_length)
+    tok = load_tokenizer(config.text_encoding.tokenizer, config.model.text.context_length)
     with torch.no_grad():
         want_txt = F.normalize(model.encode_text(torch.from_numpy(tok(texts)).long()).float(), dim=-1).numpy()
     assert got.shape == (9, config.model.embed_dim)

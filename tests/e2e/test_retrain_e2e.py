@@ -20,7 +20,7 @@ from croniter import croniter
 from tests.conftest import ROOT, clipray_cmd, run_clipray
 from tests.support.rayhead import RayHead, ray_head
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("retrain")]  # its module-scoped fixtures start once, on one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

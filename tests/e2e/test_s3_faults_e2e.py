@@ -16,7 +16,7 @@ from tests.e2e.test_data_sources import config
 from tests.support.corpus import write_corpus
 from tests.support.seaweedfs import SeaweedFS
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("s3-faults")]  # its module-scoped fixtures start once, on one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 BUCKET = "clipray-s3-faults"
 STALL_S = 20.0
 

@@ -45,7 +45,7 @@ def test_train_reads_and_checkpoints_on_s3(s3_server, tiny_data: Path, run_env: 
                        "--set", f"data.source=s3://{BUCKET}/data/train",
                        "--set", f"eval.zeroshot_source={tiny_data / 'eval'}",
                        "--set", f"train.storage_path=s3://{BUCKET}/runs",
-                       "--set", "text.tokenizer=vocab.json",
+                       "--set", "text_encoding.tokenizer=vocab.json",
                        "--set", f"model.init_from=s3://{BUCKET}/init/clip-tiny.pt",
                        env=env, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]

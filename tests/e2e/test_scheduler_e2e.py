@@ -20,7 +20,7 @@ from clipray.schedule.store import Schedule, ScheduleStore
 from tests.conftest import ROOT
 from tests.support.rayhead import RayHead, ray_head
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.xdist_group("scheduler")]  # its module-scoped fixtures start once, on one worker
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 T0 = 1_795_000_000.0  # 2026-11-18: schedules are added "then", so their first window is due at once
 

@@ -12,7 +12,7 @@ import torch
 from tests.conftest import ROOT, run_clipray
 from tests.support.rayhead import RayHead, ray_head
 
-pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("submit")]  # its module-scoped fixtures start once, on one worker
+pytestmark = pytest.mark.e2e
 TINY = str(ROOT / "pipelines/tiny/clip-tiny.yaml")
 
 
@@ -41,7 +41,7 @@ def test_submit_wait_runs_tiny_pipeline_to_success(auth_head: RayHead, tiny_data
     proc = run_clipray("submit", TINY, "--address", auth_head.address, "--wait",
                        "--set", f"data.source={tiny_data / 'train'}",
                        "--set", f"eval.zeroshot_source={tiny_data / 'eval'}",
-                       "--set", "text.tokenizer=vocab.json",
+                       "--set", "text_encoding.tokenizer=vocab.json",
                        "--set", "train.storage_path=runs", env=env, cwd=tmp_path, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     job_id = proc.stdout.splitlines()[0]
@@ -49,7 +49,7 @@ def test_submit_wait_runs_tiny_pipeline_to_success(auth_head: RayHead, tiny_data
     assert "[clipray] step 6/6" in proc.stdout and "zero-shot top-1" in proc.stdout
     assert any((tmp_path / "runs").rglob("state.pt")), "relative storage_path resolved on the submitting side"
     state = torch.load(next((tmp_path / "runs").rglob("state.pt")), map_location="cpu", weights_only=False)
-    assert state["config"]["text"]["tokenizer"] == str(tmp_path / "vocab.json"), "and the relative tokenizer path"
+    assert state["config"]["text_encoding"]["tokenizer"] == str(tmp_path / "vocab.json"), "and the relative tokenizer path"
     listed = run_clipray("jobs", "list", "--address", auth_head.address, env=env, cwd=tmp_path)
     assert job_id in listed.stdout and "SUCCEEDED" in listed.stdout, listed.stdout + listed.stderr
     status = run_clipray("jobs", "status", job_id, "--address", auth_head.address, env=env, cwd=tmp_path)

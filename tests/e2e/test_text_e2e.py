@@ -17,7 +17,7 @@ pytestmark = pytest.mark.e2e
 @pytest.mark.skipif(not os.path.exists(DEFAULT_FONT), reason=f"{DEFAULT_FONT} missing (apt-get install unifont)")
 def test_pixels_stage_on_ray(tiny_data: Path, run_env, tmp_path: Path):
     proc = run_clipray("data", "profile", str(ROOT / "pipelines/tiny/clip-tiny.yaml"), "--json",
-                       "--set", f"data.source={tiny_data / 'train'}", "--set", "text.kind=pixels",
+                       "--set", f"data.source={tiny_data / 'train'}", "--set", "text_encoding.kind=pixels",
                        env=run_env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-5000:]
     report = json.loads(proc.stdout)

@@ -86,7 +86,7 @@ def test_albef_objective_itc_with_alpha_distils_from_the_momentum_model_and_queu
     torch.manual_seed(0)
     cfg = load_config(data=albef(), overrides=["model.albef.alpha=0.4", "model.albef.momentum=0.5"])
     obj = build_objective(cfg, rank=0, world_size=1, device=torch.device("cpu"))
-    tok = load_tokenizer(cfg.text.tokenizer, cfg.model.text.context_length)
+    tok = load_tokenizer(cfg.text_encoding.tokenizer, cfg.model.text.context_length)
     captions = ["a red square", "two blue circles", "a green cross !", "an empty field"]
     batch = {"image": torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8),
              "tokens": torch.from_numpy(tok(captions)).long()}

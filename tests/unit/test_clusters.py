@@ -29,6 +29,14 @@ def test_yaml_parses(path: Path):
     assert _docs(path), f"{path} is empty"
 
 
+def test_rayjob_example_is_the_packaged_template():
+    """`clipray schedule render` reads the template inside the package; the example beside the
+    other recipes must be that same file, not a second copy that drifts."""
+    from clipray.schedule.k8s import RAYJOB_TEMPLATE
+
+    assert (ROOT / "clusters/kuberay/rayjob.yaml").read_text() == RAYJOB_TEMPLATE.read_text()
+
+
 LAUNCHER = [p for p in FILES if "kind" not in _docs(p)[0]]
 KUBE = [p for p in FILES if "kind" in _docs(p)[0]]
 

@@ -29,12 +29,12 @@ def test_set_overrides_parse_yaml_values():
 
 @pytest.mark.parametrize("override, fragment", [
     ("train.steps=abc", "train.steps must be an integer"),
-    ("text.kind=letters", "text.kind must be one of"),
+    ("text_encoding.kind=letters", "text_encoding.kind must be one of"),
     ("train.global_batch_size=7", "divisible"),
     ("model.vision.patch_size=30", "multiple of patch_size"),
     ("model.text.pool=first", "makes no sense"),
     ("model.family=albef", "needs model.text.attn=bidirectional"),
-    ("model.family=clippo", "text.kind=pixels"),
+    ("model.family=clippo", "text_encoding.kind=pixels"),
     ("model.albef.momentum=1.0", "momentum must be in"),
     ("steps", "key=value"),
     ("optim.lr=-0.001", "optim.lr must be positive, got -0.001"),
@@ -48,6 +48,16 @@ def test_set_overrides_parse_yaml_values():
 def test_bad_values_are_clear(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config(data={"name": "x"}, overrides=[override])
+
+
+@pytest.mark.parametrize("how", ["yaml", "set"])
+def test_old_text_section_names_its_new_name(tmp_path, how):
+    p = tmp_path / "old.yaml"
+    p.write_text("text: {kind: tokens}\n" if how == "yaml" else "train: {steps: 3}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(p, overrides=["text.kind=pixels"] if how == "set" else [])
+    message = str(info.value)
+    assert "`text:` is now `text_encoding:`" in message and str(p) in message and "\n" not in message
 
 
 def test_name_defaults_to_file_stem(tmp_path):

@@ -20,7 +20,7 @@ from clipray.models.checkpoint import STATE_FILE
 CFG = {"name": "score", "model": {"embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 32,
                                                                 "layers": 1, "heads": 2},
                                   "text": {"context_length": 16, "width": 32, "layers": 1, "heads": 2}},
-       "text": {"tokenizer": "words"}}
+       "text_encoding": {"tokenizer": "words"}}
 
 
 def _jpg(colour):

@@ -38,7 +38,7 @@ TOL = 1e-5
 SIZE = 32
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)  # not OpenAI's: preprocess_cfg must carry the pipeline's
 TEXTS = ["a photo of a cat", "a diagram", "Hello World!", "two dogs playing in the snow, 2026", ""]
-TINY = {"name": "export-tiny", "text": {"tokenizer": "openai"}, "image": {"mean": list(MEAN), "std": list(STD)},
+TINY = {"name": "export-tiny", "text_encoding": {"tokenizer": "openai"}, "image": {"mean": list(MEAN), "std": list(STD)},
         "model": {"embed_dim": 32, "quick_gelu": True,
                   "vision": {"image_size": SIZE, "patch_size": 8, "width": 64, "layers": 1, "heads": 1},
                   "text": {"context_length": 16, "width": 64, "layers": 1, "heads": 1}},

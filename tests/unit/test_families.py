@@ -22,7 +22,7 @@ from clipray.train.objectives import build_objective
 from tests.unit.test_loop_local import Recorder, batches_from
 
 VIT = {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2}
-CLIPPO = {"name": "c", "text": {"kind": "pixels"},
+CLIPPO = {"name": "c", "text_encoding": {"kind": "pixels"},
           "model": {"family": "clippo", "embed_dim": 32, "vision": VIT},
           "optim": {"lr": 2e-3, "warmup_steps": 2},
           "train": {"global_batch_size": 16, "num_workers": 1, "log_every": 1, "checkpoint_every": 100}}
@@ -80,7 +80,7 @@ def test_clippo_switches_add_per_modality_parts():
 
 def test_clippo_trains_on_pixel_text(tiny_data):
     cfg = load_config(data=CLIPPO, overrides=["train.steps=24"])
-    token_cfg = load_config(data={**CLIPPO, "text": {"kind": "tokens"}, "model": {"embed_dim": 32, "vision": VIT,
+    token_cfg = load_config(data={**CLIPPO, "text_encoding": {"kind": "tokens"}, "model": {"embed_dim": 32, "vision": VIT,
                                                                                   "text": {"context_length": 16}}})
     token_batches = batches_from(tiny_data, token_cfg)
 

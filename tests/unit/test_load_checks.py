@@ -70,7 +70,7 @@ def test_too_large_vocabulary_refused_before_ray_starts(command, tiny_data, tmp_
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
     args = [*command.split(), str(TINY), "--set", f"data.source={tiny_data / 'train'}",
-            "--set", "text.tokenizer=openai", "--set", "model.text.vocab_size=32000"]
+            "--set", "text_encoding.tokenizer=openai", "--set", "model.text.vocab_size=32000"]
     if command == "submit":
         args += ["--address", "http://127.0.0.1:9"]  # never contacted: the pipeline is refused first
     assert main(args) == 2

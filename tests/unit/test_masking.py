@@ -17,7 +17,7 @@ def test_env_secret_values_are_masked_anywhere(monkeypatch):
         "x.api_key": "anything",
         "x.list": ["ok", "pw=mlflow-pw-123456"],
         "train.steps": 10,
-        "text.tokenizer": "words",
+        "text_encoding.tokenizer": "words",
         "x.auth_token": "abc",
     }
     out = mask_secrets(params)
@@ -25,5 +25,5 @@ def test_env_secret_values_are_masked_anywhere(monkeypatch):
     assert out["data.source"] == f"s3://bucket/x?sig={MASK}"
     assert out["data.endpoint_url"] == f"http://admin:{MASK}@minio:9000"
     assert out["x.api_key"] == MASK and out["x.list"] == ["ok", f"pw={MASK}"] and out["train.steps"] == 10
-    assert out["text.tokenizer"] == "words" and out["x.auth_token"] == MASK  # a tokenizer is no secret
+    assert out["text_encoding.tokenizer"] == "words" and out["x.auth_token"] == MASK  # a tokenizer is no secret
     assert mask_text("step 1 of 10") == "step 1 of 10"

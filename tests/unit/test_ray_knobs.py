@@ -6,14 +6,8 @@ import io
 import os
 import sys
 
-from clipray.data.sources import (
-    FOOTER_ACTORS_ENV,
-    PROGRESS_BARS_OFF_ENV,
-    READER_CPU_ENV,
-    _env_default,
-    quiet_progress_bars,
-    worker_env,
-)
+from clipray.data.sources import FOOTER_ACTORS_ENV, _env_default
+from clipray.runtime import PROGRESS_BARS_OFF_ENV, READER_CPU_ENV, quiet_progress_bars, worker_env
 
 
 def test_footer_actor_default_is_scoped_and_yields_to_the_user(monkeypatch):

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from clipray.config import ConfigError, load_config
-from clipray.data.pipeline import check_tokenizer
 from clipray.models import build_model
 from clipray.models.common.text import TextTransformer, padding_mask
 from clipray.text import load_tokenizer
+from clipray.text.encoding import text_encoding
 from tests.unit.test_families import ALBEF as _ALBEF
 
 
@@ -138,15 +138,18 @@ def trained_vocab(tmp_path_factory) -> str:
 def test_vocabulary_too_large_for_the_tower_is_refused_naming_both_sizes(trained_vocab):
     tok = load_tokenizer(trained_vocab)
     text = {"tokenizer": trained_vocab}
-    check_tokenizer(load_config(data=albef(text=text), overrides=[f"model.text.vocab_size={tok.vocab_size}"]))  # fits
-    small = load_config(data=albef(text=text), overrides=[f"model.text.vocab_size={tok.vocab_size - 1}"])
+    fits = load_config(data=albef(text_encoding=text), overrides=[f"model.text.vocab_size={tok.vocab_size}"])
+    text_encoding(fits).check_vocabulary()
+    small = load_config(data=albef(text_encoding=text), overrides=[f"model.text.vocab_size={tok.vocab_size - 1}"])
     with pytest.raises(ConfigError) as e:
-        check_tokenizer(small)
-    assert str(e.value) == (f"text.tokenizer {trained_vocab!r} has {tok.vocab_size} ids but model.text.vocab_size is "
+        text_encoding(small).check_vocabulary()
+    assert str(e.value) == (f"text_encoding.tokenizer {trained_vocab!r} has {tok.vocab_size} ids but model.text.vocab_size is "
                             f"{tok.vocab_size - 1}: set model.text.vocab_size to at least {tok.vocab_size}")
+    words = load_config(data=albef(), overrides=["model.text.vocab_size=1000"])  # `words`
     with pytest.raises(ConfigError, match=r"has 49408 ids but model\.text\.vocab_size is 1000"):
-        check_tokenizer(load_config(data=albef(), overrides=["model.text.vocab_size=1000"]))  # `words`
-    check_tokenizer(load_config(data={"name": "p", "text": {"kind": "pixels"}, "model": {"family": "clippo"}}))
+        text_encoding(words).check_vocabulary()
+    pixels = load_config(data={"name": "p", "text_encoding": {"kind": "pixels"}, "model": {"family": "clippo"}})
+    text_encoding(pixels).check_vocabulary()  # no vocabulary to check
 
 
 def test_albef_takes_its_special_ids_from_a_trained_tokenizer(trained_vocab):
@@ -154,7 +157,7 @@ def test_albef_takes_its_special_ids_from_a_trained_tokenizer(trained_vocab):
 
     tok = load_tokenizer(trained_vocab, CONTEXT)
     assert tok.sot_id < 49406  # a trained vocabulary: SOT far below the tower's default vocab_size - 2
-    cfg = load_config(data=albef(text={"tokenizer": trained_vocab}))
+    cfg = load_config(data=albef(text_encoding={"tokenizer": trained_vocab}))
     obj = build_objective(cfg, rank=0, world_size=1, device=torch.device("cpu"))
     assert (obj.sot_id, obj.eot_id, obj.regular_ids) == (tok.sot_id, tok.eot_id, tok.sot_id)
     assert obj.module.mask_id == cfg.model.text.vocab_size >= tok.vocab_size  # never a real token

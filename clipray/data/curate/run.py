@@ -248,7 +248,7 @@ def _curate(config: PipelineConfig, out: str, *, log: bool) -> CurateResult:
     from clipray.data.pipeline import _check_cpu_budget, open_dedup
     from clipray.data.sources import read_parquet, resolve
     from clipray.data.stats import stats_actor
-    from clipray.train.launcher import init_ray
+    from clipray.runtime import init_ray
 
     d = config.data
     src = preflight_curate(config)

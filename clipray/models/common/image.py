@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from clipray.text.encoding import TextEncoding
 
 
 def to_model_input(images_BHWC: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -14,3 +18,10 @@ def to_model_input(images_BHWC: torch.Tensor, mean: Sequence[float], std: Sequen
     m = torch.tensor(mean, device=x.device, dtype=dtype).view(1, 3, 1, 1)
     s = torch.tensor(std, device=x.device, dtype=dtype).view(1, 3, 1, 1)
     return x.sub_(m).div_(s)
+
+
+def text_tower_input(encoding: TextEncoding, values: torch.Tensor, mean: Sequence[float],
+                     std: Sequence[float]) -> torch.Tensor:
+    """The text encoding's column as the text tower reads it: ids as int64, or captions rendered
+    as uint8 images (CLIPPO), normalised like the photos."""
+    return to_model_input(values, mean, std) if encoding.is_image else values.long()

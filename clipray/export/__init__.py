@@ -45,8 +45,8 @@ def export_model(ref: str, fmt: str, out: str | Path, tracking_uri: str | None =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     notes = []
-    if config.text.tokenizer != "openai":
-        notes.append(f"the model was trained on ids from text.tokenizer={config.text.tokenizer!r}; open_clip's "
+    if config.text_encoding.tokenizer != "openai":
+        notes.append(f"the model was trained on ids from text_encoding.tokenizer={config.text_encoding.tokenizer!r}; open_clip's "
                      f"tokenizer is OpenAI's BPE: tokenize with clipray's tokenizer to get the trained ids")
     if fmt == "openai":
         torch.save(weights, out / OPENAI_WEIGHTS)
@@ -56,7 +56,7 @@ def export_model(ref: str, fmt: str, out: str | Path, tracking_uri: str | None =
         meta = {"model_cfg": open_clip_model_cfg(config), "preprocess_cfg": open_clip_preprocess_cfg(config),
                 # Not read by open_clip (it takes model_cfg and preprocess_cfg); where the weights came from.
                 "clipray": {"source": ref, "run_id": source.run_id, "step": source.step,
-                            "pipeline": config.name, "tokenizer": config.text.tokenizer}}
+                            "pipeline": config.name, "tokenizer": config.text_encoding.tokenizer}}
         (out / OPEN_CLIP_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
         files = [OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS]
     return ExportResult(out=out, format=fmt, files=files, step=source.step, run_id=source.run_id, notes=notes)
