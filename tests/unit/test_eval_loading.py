@@ -25,7 +25,15 @@ def test_checkpoint_directory_gives_config_step_and_weights(tmp_path: Path):
     assert not loaded.model.training
     for key, value in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[key], value), key
-    # Its inputs: the evaluation image ops and the pipeline's tokenizer.
+    # Its inputs: the evaluation image ops (resize + centre crop to the model's size) and the tokenizer.
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 24), "red").save(buf, format="PNG")
+    pixels = loaded.image_input([buf.getvalue()])
+    assert pixels.shape == (1, 16, 16, 3) and pixels.dtype.name == "uint8" and (pixels[..., 0] > 200).all()
     assert loaded.text_input(["a red circle"]).shape == (1, 8)
 
 
