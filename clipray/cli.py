@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from clipray.bench import commands as bench_commands
+from clipray.curation import commands as curation_commands
 from clipray.data import commands as data_commands
 from clipray.eval import commands as eval_commands
 from clipray.export import commands as export_commands
@@ -20,9 +21,9 @@ from clipray.text import commands as text_commands
 from clipray.tracking import commands as tracking_commands
 from clipray.train import commands as train_commands
 
-# In the order `clipray --help` lists them.
-COMMAND_GROUPS = [data_commands, text_commands, train_commands, eval_commands, export_commands, tracking_commands,
-                  jobs_commands, schedule_commands, bench_commands]
+# In the order `clipray --help` lists them (curation adds `curate` to the `data` group).
+COMMAND_GROUPS = [data_commands, curation_commands, text_commands, train_commands, eval_commands, export_commands,
+                  tracking_commands, jobs_commands, schedule_commands, bench_commands]
 
 
 def build_parser() -> argparse.ArgumentParser:

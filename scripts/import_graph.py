@@ -25,7 +25,7 @@ OUT = ROOT / "docs" / "architecture.md"
 FLOORS: list[tuple[str, ...]] = [
     ("registry", "errors", "config", "text", "runtime", "commandline"),
     ("data", "models", "losses"),
-    ("train", "eval", "tracking", "export"),
+    ("train", "eval", "tracking", "export", "curation"),
     ("jobs", "schedule", "bench", "cli", "__main__"),
 ]
 

@@ -116,7 +116,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 # curated dataset): all of a module's tests go to one worker, so those start once. Every other
 # test is a unit of its own.
 ONE_WORKER_MODULES = frozenset(f"tests/e2e/{name}.py" for name in (
-    "test_curate_e2e", "test_data_sources", "test_mlflow_record_e2e", "test_retrain_e2e",
+    "test_curate_e2e", "test_curate_memory", "test_data_sources", "test_mlflow_record_e2e", "test_retrain_e2e",
     "test_s3_faults_e2e", "test_scheduler_e2e", "test_submit_e2e",
 ))
 

@@ -2,7 +2,7 @@
 
 In one run, on real clip art (`clipray realdata --set openclipart`, with planted copies):
   - hashing: rows/s on one core of the near-duplicate signature (decode at a reduced scale, trim,
-    dhash + colour hash), the per-row work of `data.dedup: near` and decontamination;
+    dhash + 4x4 colour grid), the per-row work of `data.dedup: near` and decontamination;
   - scoring: rows/s on one core (or the GPU) of the CLIP-score stage with the model of
     `--pipeline` (random weights: the cost, not the scores, is measured);
   - the dataset-wide pass: wall time of `clipray data curate` (all passes, Ray) beside one plain
@@ -49,7 +49,8 @@ def make_data(root: Path, rows: int, copies: int) -> Path:
     planted = table.take(pa.array(idx)).set_column(
         table.schema.get_field_index("jpg"), "jpg",
         pa.array([alter(jpg[i], KINDS[n % len(KINDS)], rng) for n, i in enumerate(idx)], pa.binary()))
-    planted = planted.set_column(0, "key", pa.array([f"copy-{n:05d}" for n in range(len(idx))]))
+    keys = table.column("key").to_pylist()
+    planted = planted.set_column(0, "key", pa.array([f"copy-{n:05d}-of-{keys[i]}" for n, i in enumerate(idx)]))
     both = pa.concat_tables([table, planted])
     train.mkdir(parents=True)
     for s, start in enumerate(range(0, both.num_rows, 1000)):
@@ -70,17 +71,17 @@ def score_rate(config: Any, images: list[bytes], captions: list[str]) -> tuple[f
     import torch
 
     from clipray.config import to_dict
-    from clipray.data.curate.score import ClipScorer
+    from clipray.curation.score import ModelEncoder
     from clipray.models import build_model
 
     torch.set_num_threads(1)
     state = build_model(config.model).state_dict()
-    scorer = ClipScorer(to_dict(config), state, None, None, config.data.image_column, config.data.caption_column)
-    scorer.scores(images[:8], captions[:8])  # warm-up
+    encoder = ModelEncoder(to_dict(config), state)
+    encoder.scores(images[:8], captions[:8])  # warm-up
     start = time.perf_counter()
     for i in range(0, len(images), 64):
-        scorer.scores(images[i:i + 64], captions[i:i + 64])
-    return len(images) / (time.perf_counter() - start), str(scorer.device)
+        encoder.scores(images[i:i + 64], captions[i:i + 64])
+    return len(images) / (time.perf_counter() - start), str(encoder.device)
 
 
 def plain_read_s(config: Any, source: str) -> float:
@@ -97,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
     from clipray.config import load_config
-    from clipray.data.curate.run import curate
+    from clipray.curation.run import curate
     from clipray.runtime import init_ray
 
     root = Path(args.data or tempfile.mkdtemp(prefix="clipray-bench-curate-"))
@@ -120,7 +121,24 @@ def run(args: argparse.Namespace) -> int:
     print(f"plain Ray Data read of the same files:   {read_s:8.2f} s")
     print(f"clipray data curate (dedup near, 3 passes): {result.elapsed_s:8.2f} s  = {result.elapsed_s / read_s:.1f}x "
           f"the plain read; {result.rows_in / result.elapsed_s:.0f} rows/s; dropped {result.dropped}")
+    print(f"quality (counts; the same on any machine): {planted_figures(table, root / 'curated').line()}")
     return 0
+
+
+def planted_figures(table: Any, curated: Path) -> Any:
+    """The planted copies (keys `copy-N-of-<original>`) removed and the distinct images lost."""
+    import pyarrow.parquet as pq
+
+    from clipray.data.curate.plant import planted_quality
+
+    groups: dict[str, list[str]] = {}
+    keys = table.column("key").to_pylist()
+    for key in keys:
+        if key.startswith("copy-"):
+            groups.setdefault(key.split("-of-", 1)[1], []).append(key)
+    kept = set(pq.read_table(sorted(str(p) for p in curated.glob("*.parquet")), columns=["key"]).column("key").to_pylist())
+    distinct = [k for k in keys if not k.startswith("copy-") and k not in groups]
+    return planted_quality(groups, distinct, kept)
 
 
 bench_registry.register("curate")(Benchmark(

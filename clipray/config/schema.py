@@ -61,8 +61,8 @@ class DataConfig:
     where: list[str] = field(default_factory=list)  # metadata predicates: "punsafe < 0.5" (drops where_...)
     languages: list[str] = field(default_factory=list)  # keep captions in these languages (ISO 639-1); drops `language`
     dedup: Literal["exact", "near", "off"] = "exact"  # exact: dedup_images; near: perceptual, dataset-wide
-    near_threshold: int = 8  # near duplicates: max Hamming distance of the 64-bit perceptual hashes
-    near_color_threshold: int = 6  # ... and of the colour hashes (a recoloured image is another image)
+    near_threshold: int = 10  # near duplicates: max Hamming distance of the 64-bit perceptual hashes
+    near_color_threshold: int = 40  # ... and max colour difference (0-255) of any cell of the 4x4 colour grids
     near_bands: int = 8  # the hash is cut into this many bands; rows sharing a band are compared
     # Evaluation sets whose near-duplicates are dropped as `eval_overlap` by curate: true = the
     # pipeline's own (eval.zeroshot_source), false = none, or a list of parquet sources.
@@ -77,8 +77,8 @@ class DataConfig:
     preserve_order: bool = True
 
     def __post_init__(self) -> None:
-        if not 0 <= self.near_threshold < 64 or not 0 <= self.near_color_threshold < 64:
-            raise ValueError("data.near_threshold and data.near_color_threshold must be in [0, 64)")
+        if not 0 <= self.near_threshold < 64 or not 0 <= self.near_color_threshold <= 255:
+            raise ValueError("data.near_threshold must be in [0, 64) and data.near_color_threshold in [0, 255]")
         if self.near_bands not in (1, 2, 4, 8, 16) or self.near_threshold >= 64:
             raise ValueError(f"data.near_bands must be 1, 2, 4, 8 or 16 (bands of the 64-bit hash), got {self.near_bands}")
         if self.min_clip_score is not None and not self.score_model:

@@ -1,4 +1,4 @@
-"""`clipray synth`, `clipray realdata` and `clipray data profile|curate`."""
+"""`clipray synth`, `clipray realdata` and `clipray data profile` (`data curate`: clipray.curation.commands)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
     p.add_argument("--limit", type=positive, default=None, help="stop after this many output rows")
     p.set_defaults(func=cmd_data_profile)
-    p = data.add_parser("curate", help="filter, de-duplicate and decontaminate data.source; write the kept rows "
-                                       "(img2dataset parquet) and a manifest of drops by reason")
-    add_pipeline_args(p)
-    p.add_argument("--out", required=True, help="output directory or s3:// URI")
-    p.add_argument("--json", action="store_true",
-                   help='print one JSON object {"rows_in", "rows_out", "dropped", "out"} on stdout and nothing else')
-    p.add_argument("--no-log", action="store_true", help="record no MLflow run")
-    p.set_defaults(func=cmd_data_curate)
+    # `clipray data curate` is added to this group by clipray.curation.commands (its driver sits above data/)
 
     p = sub.add_parser("realdata", help="write a set of real images shipped in a package (img2dataset layout + "
                                         "classes.json): train/ captions from labels, eval/ held out")
@@ -85,22 +78,4 @@ def cmd_data_profile(args: argparse.Namespace) -> int:
               f"over {report['elapsed_s']:.1f} s")
         for reason, n in report["dropped"].items():
             print(f"  dropped {reason}: {n}")
-    return 0
-
-
-def cmd_data_curate(args: argparse.Namespace) -> int:
-    from clipray.config import load_config
-
-    config = load_config(args.pipeline, args.overrides)
-    from clipray.data.curate.run import curate
-
-    result = curate(config, args.out, quiet=args.json, log=not args.no_log)
-    if args.json:
-        print(json.dumps(result.summary()))
-    else:
-        print(f"rows in {result.rows_in}, rows out {result.rows_out} in {result.elapsed_s:.1f} s -> {result.out}")
-        for reason, n in result.dropped.items():
-            print(f"  dropped {reason}: {n}")
-        if result.run_id:
-            print(f"mlflow_run_id: {result.run_id}")
     return 0

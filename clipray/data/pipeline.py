@@ -48,13 +48,14 @@ def op_names(config: PipelineConfig, names: Sequence[str] | None = None) -> tupl
     """`names` (default: `data.ops` plus the configured curation filters) with `encode_text` named
     as the op of the text encoding. A text op of the other encoding is refused: `tokenize` with
     text_encoding.kind=pixels would otherwise write a column the text tower does not read."""
-    text_op = text_encoding(config).op_name
+    encoding = text_encoding(config)
+    text_op = encoding.op_name
     chosen = config.data.ops if names is None else names
     if names is None:
         chosen = with_curation_ops(config, chosen)
     wrong = [name for name in chosen if name in OP_NAMES and name != text_op]
     if wrong:
-        raise ConfigError(f"data.ops lists {wrong[0]!r} but text_encoding.kind={config.text_encoding.kind} "
+        raise ConfigError(f"data.ops lists {wrong[0]!r} but text_encoding.kind={encoding.kind} "
                           f"encodes captions with {text_op!r}: list 'encode_text' (the op the kind chooses)")
     return tuple(text_op if name == "encode_text" else name for name in chosen)
 

@@ -7,7 +7,9 @@ Checked against references computed here, in-process, from the labels of the pla
   copies of evaluation images included;
 - the banded Ray Data pass removes exactly the rows the all-pairs reference removes;
 - the recall on planted copies and the rate of distinct images removed, printed and bounded
-  at the levels measured on this data (docs/curation.md has the figures and their limits);
+  at the levels measured on this data; the issue's bar (>= 98% of copies removed, <= 1% of
+  distinct images removed) is asserted exactly by a strict xfail: it is not met on this data
+  (docs/curation.md has the figures, and why);
 - the MLflow run holds the counts and the picture of removed groups; a training run on the
   curated output logs its drops as data/curated/*.
 """
@@ -24,7 +26,13 @@ import pyarrow.parquet as pq
 import pytest
 from mlflow.tracking import MlflowClient
 
-from clipray.data.curate.near import Thresholds, find_near_duplicates_local, signature_of_bytes
+from clipray.data.curate.near import (
+    Thresholds,
+    find_near_duplicates_local,
+    grids,
+    signature_of_bytes,
+)
+from clipray.data.curate.plant import planted_quality
 from tests.conftest import ROOT, run_clipray
 from tests.support.pipelines import tiny_run
 
@@ -77,7 +85,7 @@ def test_where_drops_exactly_the_unsafe_rows(curated, curation_data):
 
 def _signatures(table):
     sig = [signature_of_bytes(b) for b in table.column("jpg").to_pylist()]
-    return (np.array([s[0] for s in sig], np.uint64), np.array([s[1] for s in sig], np.uint64),
+    return (np.array([s[0] for s in sig], np.uint64), grids([s[1] for s in sig]),
             np.array([s[2] for s in sig], np.int64))
 
 
@@ -89,7 +97,7 @@ def _safe_rows_near_eval(curation_data):
     rows = src.filter(np.array([k not in unsafe for k in src.column("key").to_pylist()]))
     h, c, area = _signatures(rows)
     eh, ec, _ = _signatures(pq.read_table(f"{curation_data.eval}/part-00000.parquet"))
-    near_eval = Thresholds().near(h[:, None], c[:, None], eh[None, :], ec[None, :]).any(axis=1)
+    near_eval = Thresholds().near_matrix(h, c, eh, ec).any(axis=1)
     return np.array(rows.column("key").to_pylist()), h, c, area, near_eval
 
 
@@ -102,32 +110,53 @@ def test_eval_overlap_drops_exactly_the_rows_near_an_evaluation_image(curated, c
     assert caught >= 0.75 * len(curation_data.eval_copies)
 
 
-def test_near_duplicates_banded_pass_equals_all_pairs_reference_and_planted_recall(curated, curation_data):
+@pytest.fixture(scope="module")
+def near_quality(curated, curation_data):
+    """The near-duplicate pass against its references and the planted labels (computed once)."""
     all_keys, h, c, area, near_eval = _safe_rows_near_eval(curation_data)
     clean = ~near_eval
     keys = all_keys[clean]
     ref = find_near_duplicates_local(list(keys), h[clean], c[clean], area[clean], Thresholds(), bands=8)
-    out = set(curated["table"].column("key").to_pylist())
-    assert curated["summary"]["dropped"]["near_duplicate"] == len(ref.dropped)
-    assert out == set(keys) - ref.dropped  # the very rows of the reference, by the keep rule
     every_pair = find_near_duplicates_local(list(keys), h[clean], c[clean], area[clean], Thresholds())
-    print(f"banding: {len(ref.dropped)} rows dropped, all-pairs comparison {len(every_pair.dropped)}")
-    # quality on the planted groups (figures in docs/curation.md)
-    groups = curation_data.groups
-    copies = sum(len(v) for v in groups.values())
-    left = [sum(k in out for k in [o, *cs]) for o, cs in groups.items()]
-    # a group of 1 + c rows has c copies; rows left beyond one are copies not removed
-    removed = sum(len(cs) - max(n - 1, 0) for (o, cs), n in zip(groups.items(), left))
-    # a group with no row left lost its picture to a near-duplicate outside the group: the image
-    # counts as a distinct image removed, like a removed original outside any group
-    distinct = [k for k in curation_data.originals if k not in groups and k not in set(curation_data.unsafe) and k in set(keys)]
-    distinct_removed = sum(k not in out for k in distinct) + sum(n == 0 for n in left)
-    n_distinct = len(distinct) + len(groups)
-    print(f"planted copies removed {removed}/{copies} ({removed / copies:.3f}); groups left with exactly one row "
-          f"{sum(n == 1 for n in left)}/{len(groups)}, with none {sum(n == 0 for n in left)}; distinct images "
-          f"removed {distinct_removed}/{n_distinct} ({distinct_removed / n_distinct:.3f})")
-    assert removed / copies >= 0.85
-    assert distinct_removed / n_distinct <= 0.25
+    out = set(curated["table"].column("key").to_pylist())
+    unsafe, kept_keys = set(curation_data.unsafe), set(keys)
+    distinct = [k for k in curation_data.originals
+                if k not in curation_data.groups and k not in unsafe and k in kept_keys]
+    # the package's generated star polygons (shapes/stars): at 128 px, rings that differ in sub-pixel lines
+    src = _source(curation_data)
+    caption = dict(zip(src.column("key").to_pylist(), src.column("caption").to_pylist()))
+    star = {k for k in [*distinct, *curation_data.groups] if "clip art of stars" in caption[k]}
+    q = {"ref": ref, "keys": keys, "out": out,
+         "all": planted_quality(curation_data.groups, distinct, out),
+         "nonstar": planted_quality({o: cs for o, cs in curation_data.groups.items() if o not in star},
+                                    [k for k in distinct if k not in star], out)}
+    print(f"banding: {len(ref.dropped)} rows dropped, all-pairs comparison {len(every_pair.dropped)}; "
+          f"{q['all'].line()}; outside the generated stars: {q['nonstar'].line()}")
+    return q
+
+
+def test_near_duplicates_banded_pass_equals_the_reference(curated, near_quality):
+    q = near_quality
+    assert curated["summary"]["dropped"]["near_duplicate"] == len(q["ref"].dropped)
+    assert q["out"] == set(q["keys"]) - q["ref"].dropped  # the very rows of the reference, by the keep rule
+
+
+def test_near_duplicates_planted_recall_and_distinct_removed_at_the_measured_levels(near_quality):
+    """Regression bounds at the levels measured on this data (docs/curation.md)."""
+    q, n = near_quality["all"], near_quality["nonstar"]
+    assert q.removed / q.copies >= 0.95
+    assert q.distinct_removed / q.distinct <= 0.20
+    assert n.distinct_removed / n.distinct <= 0.03
+
+
+@pytest.mark.xfail(strict=True, reason="not met on openclipart at 128 px: the generated star polygons and "
+                   "card/icon series are closer to each other than planted copies are to their originals "
+                   "(docs/curation.md, 'Measured quality')")
+def test_near_duplicates_meet_the_issue_bar(near_quality):
+    """Issue 23, Done when 1: >= 98% of planted copies removed, <= 1% of distinct images removed."""
+    q = near_quality["all"]
+    assert q.removed / q.copies >= 0.98
+    assert q.distinct_removed / q.distinct <= 0.01
 
 
 def test_mlflow_run_has_counts_and_the_picture_of_removed_groups(curated):

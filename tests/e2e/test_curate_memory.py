@@ -1,5 +1,6 @@
 """Near-duplicate curation of a dataset several times larger than the object store completes,
-and streams: the object store never held more than a fraction of the data.
+and streams: the object store never held more than a fraction of the data. In the same local
+Ray, the CLIP-score actor stage drops exactly the rows below `data.min_clip_score`.
 
 A local Ray with an 80 MiB object store curates 256 MiB of images (320 rows of ~800 KiB each:
 small JPEGs padded with application segments, which decoders skip, so the bytes are real row
@@ -18,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-pytestmark = pytest.mark.e2e
+pytestmark = pytest.mark.e2e  # both tests share one local Ray (a module fixture): ONE_WORKER_MODULES in tests/conftest.py
 
 STORE_BYTES = 80 * 2**20
 ROW_BYTES = 800 * 2**10
@@ -63,29 +64,99 @@ def _spilled_bytes() -> int:
     return int(m.group(1)) * 2**20 if m else 0
 
 
-def test_near_dedup_of_data_several_times_the_object_store_streams(tmp_path, short_tmp, monkeypatch):
+@pytest.fixture(scope="module")
+def small_ray(tmp_path_factory):
+    """One local Ray with an 80 MiB object store for this module's curate runs."""
+    import os
+    import tempfile
+
     import ray
 
+    short = tempfile.mkdtemp(prefix="cr-", dir="/tmp")
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "TMPDIR")}
+    os.environ.update(RAY_AUTH_MODE="disabled", TMPDIR=short)
+    ray.init(num_cpus=2, object_store_memory=STORE_BYTES, include_dashboard=False, _temp_dir=short,
+             logging_level="warning")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def test_near_dedup_of_data_several_times_the_object_store_streams(tmp_path, small_ray):
     from clipray.config import load_config
-    from clipray.data.curate.run import curate
+    from clipray.curation.run import curate
 
     data_bytes = _write_dataset(tmp_path / "train")
     assert data_bytes >= 3 * STORE_BYTES
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.setenv("TMPDIR", str(short_tmp))
-    ray.init(num_cpus=2, object_store_memory=STORE_BYTES, include_dashboard=False,
-             _temp_dir=str(short_tmp), logging_level="warning")
-    try:
-        config = load_config(data={"name": "mem", "data": {
-            "source": str(tmp_path / "train"), "dedup": "near", "decontaminate": False, "batch_size": 16,
-            "concurrency": 1, "num_cpus": 0.5, "ops": ["dedup_images", "decode"]},
-            "model": {"vision": {"image_size": 32, "patch_size": 8}}})
-        result = curate(config, str(tmp_path / "out"), log=False)
-        spilled = _spilled_bytes()
-    finally:
-        ray.shutdown()
+    config = load_config(data={"name": "mem", "data": {
+        "source": str(tmp_path / "train"), "dedup": "near", "decontaminate": False, "batch_size": 16,
+        "concurrency": 1, "num_cpus": 0.5, "ops": ["dedup_images", "decode"]},
+        "model": {"vision": {"image_size": 32, "patch_size": 8}}})
+    result = curate(config, str(tmp_path / "out"), log=False)
+    spilled = _spilled_bytes()
     assert result.rows_in == ROWS and result.rows_in == result.rows_out + sum(result.dropped.values())
     assert result.rows_out == 40  # one row per distinct picture
     print(f"{data_bytes / 2**20:.0f} MiB of images through an {STORE_BYTES / 2**20:.0f} MiB object store: "
           f"spilled {spilled / 2**20:.0f} MiB in {result.elapsed_s:.1f} s")
     assert spilled < data_bytes / 4
+
+
+SCORE_MODEL = {"embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 32, "layers": 1, "heads": 2},
+               "text": {"context_length": 16, "width": 32, "layers": 1, "heads": 2}}
+
+
+def test_clip_score_actor_stage_drops_exactly_the_rows_below_the_threshold(tmp_path, small_ray):
+    """`data.min_clip_score` through the Ray actor pool (the model named by a checkpoint directory):
+    the rows dropped as low_clip_score are exactly those whose score, computed here in-process by
+    the same model, is below the threshold; `where` drops its labelled rows first, each counted once."""
+    import torch
+
+    from clipray.config import load_config, to_dict
+    from clipray.curation.run import curate
+    from clipray.curation.score import ModelEncoder
+    from clipray.models import build_model
+    from clipray.train.context import STATE_FILE
+
+    rng = np.random.default_rng(1)
+    n = 48
+    jpg = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray((rng.random((40, 40, 3)) * 255).astype(np.uint8)).save(buf, format="JPEG")
+        jpg.append(buf.getvalue())
+    words = ["a red square", "a dog", "two cats", "the sea", "green", "a blue car"]
+    keys = [f"s{i:03d}" for i in range(n)]
+    captions = [words[i % len(words)] + f" {i}" for i in range(n)]
+    unsafe = np.arange(n) % 8 == 3  # labelled: `where` drops these 6 before scoring
+    (tmp_path / "train").mkdir()
+    pq.write_table(pa.table({"key": keys, "caption": captions, "jpg": pa.array(jpg, pa.binary()),
+                             "punsafe": np.where(unsafe, 0.9, 0.1)}), tmp_path / "train" / "part-00000.parquet")
+    model_config = load_config(data={"name": "scorer", "model": SCORE_MODEL, "text_encoding": {"tokenizer": "words"}})
+    torch.manual_seed(0)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    state = build_model(model_config.model).state_dict()
+    torch.save({"config": to_dict(model_config), "objective": {"model": state}, "step": 1}, ckpt / STATE_FILE)
+    # the labels: each safe row's score under the same model, the threshold at their median
+    safe = ~unsafe
+    scores = ModelEncoder(to_dict(model_config), state).scores([j for j, s in zip(jpg, safe) if s],
+                                                              [c for c, s in zip(captions, safe) if s])
+    threshold = float(np.median(scores))
+    low = {k for k, sc in zip(np.array(keys)[safe], scores) if sc < threshold}
+    assert 0 < len(low) < safe.sum()
+    config = load_config(data={"name": "score", "data": {
+        "source": str(tmp_path / "train"), "dedup": "off", "decontaminate": False, "batch_size": 16,
+        "concurrency": 1, "num_cpus": 0.5, "where": ["punsafe < 0.5"], "min_clip_score": threshold,
+        "score_model": str(ckpt), "keep_scores": True}, "model": SCORE_MODEL, "text_encoding": {"tokenizer": "words"}})
+    result = curate(config, str(tmp_path / "out"), log=False)
+    assert result.dropped == {"where_punsafe_lt_0.5": int(unsafe.sum()), "low_clip_score": len(low)}
+    assert result.rows_in == n == result.rows_out + sum(result.dropped.values())
+    out = pq.read_table(sorted((tmp_path / "out").glob("*.parquet")))
+    assert set(out.column("key").to_pylist()) == set(np.array(keys)[safe]) - low
+    assert min(out.column("clip_score").to_pylist()) >= threshold

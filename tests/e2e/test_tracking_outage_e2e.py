@@ -27,7 +27,7 @@ from tests.support.mlflowserver import MlflowServer
 from tests.unit.test_loop_local import TINY, batches_from
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
-STEPS, DOWN_AT, OUTAGE_S = 24, 4, 20.0
+STEPS, DOWN_AT, OUTAGE_S = 24, 4, 60.0  # a minute down, as real outages last
 
 
 @pytest.fixture

@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from clipray.config import load_config, to_dict
-from clipray.data.curate.score import SCORE_COLUMN, ClipScorer, resolve_score_model
+from clipray.curation.score import model_encoder, resolve_score_model
+from clipray.data.curate.score import SCORE_COLUMN, ClipScorer
 from clipray.data.stats import PipelineStats
 from clipray.models import build_model
 from clipray.models.checkpoint import STATE_FILE
@@ -41,12 +42,13 @@ def test_scorer_drops_exactly_the_rows_below_the_threshold(tmp_path):
     table = pa.table({"key": [f"k{i}" for i in range(8)],
                       "caption": ["a red square", "a blue square", "green", "a dog", "a cat", "red", "blue", "x"],
                       "jpg": pa.array([_jpg((i * 30, 255 - i * 30, 90)) for i in range(8)], pa.binary())})
-    keep_all = ClipScorer(to_dict(source.config), source.state["objective"]["model"], None, None, "jpg", "caption")
+    encoder = model_encoder(to_dict(source.config), source.state["objective"]["model"])
+    keep_all = ClipScorer(encoder, None, None, "jpg", "caption")
     scores = keep_all(table).column(SCORE_COLUMN).to_numpy()
     assert np.all(np.abs(scores) <= 1.0 + 1e-5) and len(set(np.round(scores, 6))) > 1
     threshold = float(np.median(scores))
     stats = PipelineStats()
-    scorer = ClipScorer(to_dict(source.config), source.state["objective"]["model"], threshold, stats, "jpg", "caption")
+    scorer = ClipScorer(encoder, threshold, stats, "jpg", "caption")
     out = scorer(table)
     assert out.column("key").to_pylist() == [k for k, s in zip(table.column("key").to_pylist(), scores) if s >= threshold]
     assert stats.snapshot()["dropped"] == {"low_clip_score": int((scores < threshold).sum())}

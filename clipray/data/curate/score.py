@@ -1,112 +1,45 @@
-"""Model-based filter: image-text cosine similarity of each row under a trained model.
+"""Model-based filter, the row side: rows whose image-text score is below `data.min_clip_score`
+are dropped as `low_clip_score`, and the score is written as the `clip_score` column.
 
-    ds.map_batches(ClipScorer, ActorPoolStrategy(size=data.score_actors), num_gpus=1 when the
-    cluster has GPUs) -> `clip_score` column; rows below `data.min_clip_score` dropped as
-    `low_clip_score`.
-
-The model is named by `data.score_model`: a training run id or `runs:/<id>`, a registered model
-(`models:/name@alias` or `models:/name/<version>`, resolved to the run that logged it), or a
-checkpoint directory. The driver reads the weights once (clipray.eval.loading) and puts them in
-the object store; each actor builds the model once. Images go through the model's own `decode`
-and `image_transform` (evaluation: resize + centre crop), captions through its tokenizer, as
-`clipray eval` does.
+The op receives a factory of the encoder rather than a model: the actor calls it once and then
+asks it for the scores of each block. The factory that loads a trained model (a run, a registered
+version or a checkpoint) and scores with its own transforms and tokenizer is
+clipray.curation.score's; this module needs nothing above the data layer.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from clipray.data.ops.base import CountingStats, batch_len
-from clipray.errors import MissingFileError
-
 if TYPE_CHECKING:
     import pyarrow as pa
-    import ray.data
-
-    from clipray.config import PipelineConfig
-    from clipray.eval.loading import ModelSource
 
 SCORE_COLUMN = "clip_score"
 
 
-def resolve_score_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
-    """`ref` as `clipray.eval.loading.resolve_model` takes it, plus registered-model URIs."""
-    from clipray.eval.loading import resolve_model
+class ScoreEncoder(Protocol):
+    """What the scoring op asks of a model: one score per (image bytes, caption); NaN for an image
+    the model cannot read."""
 
-    if ref.startswith("models:/"):
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
+    device: Any
 
-        from clipray.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        spec = ref.removeprefix("models:/")
-        try:
-            if "@" in spec:
-                name, alias = spec.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, number = spec.partition("/")
-                version = client.get_model_version(name, number)
-        except MlflowException as e:
-            raise MissingFileError(f"data.score_model {ref}: not in the model registry at {uri} ({e})") from None
-        if not version.run_id:
-            raise MissingFileError(f"data.score_model {ref}: version {version.version} has no training run")
-        return resolve_model(version.run_id, uri)
-    return resolve_model(ref, tracking_uri)
+    def scores(self, images: list[Any], captions: list[str]) -> np.ndarray: ...
 
 
 class ClipScorer:
-    """One scoring actor: the model built once, then cosine(image, caption) per row."""
+    """One scoring actor: the encoder built once (`encoder_factory()`), then a score per row."""
 
-    def __init__(self, model_config: dict[str, Any], state_ref: Any, min_score: float | None, stats: Any,
+    def __init__(self, encoder_factory: Callable[[], ScoreEncoder], min_score: float | None, stats: Any,
                  image_column: str, caption_column: str, keep_all: bool = False) -> None:
-        import ray
-        import torch
-
-        from clipray.config import load_config
-        from clipray.data.pipeline import build_ops
-        from clipray.models import build_trained_model
-        from clipray.models.inputs import text_input
-
-        self.config = load_config(data=model_config)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        state = ray.get(state_ref) if isinstance(state_ref, ray.ObjectRef) else state_ref
-        self.model: Any = build_trained_model(self.config.model, state).to(self.device)
-        self.ops = build_ops(self.config, train=False, names=("decode", "image_transform"))
-        self.to_text = text_input(self.config)
+        self.encoder = encoder_factory()
         self.min_score = min_score
         self.stats = stats
         self.image_column = image_column
         self.caption_column = caption_column
         self.keep_all = keep_all
-
-    def scores(self, images: list[Any], captions: list[str]) -> np.ndarray:
-        """Cosine similarities; NaN for an image the model's decode drops."""
-        import torch
-        import torch.nn.functional as F
-
-        from clipray.models.common.image import to_model_input
-
-        batch: dict[str, Any] = {"jpg": images, "__i": np.arange(len(images))}
-        counts = CountingStats()
-        for op in self.ops:
-            batch = op(batch, counts)
-        out = np.full(len(images), np.nan, dtype=np.float32)
-        if batch_len(batch) == 0:
-            return out
-        idx = np.asarray(batch["__i"])
-        with torch.no_grad():
-            x = to_model_input(torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device),
-                               self.config.image.mean, self.config.image.std)
-            img = F.normalize(self.model.encode_image(x).float(), dim=-1)
-            txt = F.normalize(self.model.encode_text(self.to_text([captions[i] for i in idx]).to(self.device))
-                              .float(), dim=-1)
-            out[idx] = (img * txt).sum(-1).cpu().numpy()
-        return out
 
     def __call__(self, table: pa.Table) -> pa.Table:
         import pyarrow as pa
@@ -115,33 +48,13 @@ class ClipScorer:
 
         images = table.column(self.image_column).to_pylist()
         captions = [c if isinstance(c, str) else "" for c in table.column(self.caption_column).to_pylist()]
-        scores = self.scores(images, captions)
+        scores = np.asarray(self.encoder.scores(images, captions), dtype=np.float32)
         table = table.append_column(SCORE_COLUMN, pa.array(scores, pa.float32()))
         if self.min_score is None or self.keep_all:
             return table
-        low = ~(scores >= self.min_score)  # NaN (undecodable for the model) counts as low
+        low = ~(scores >= self.min_score)  # NaN (unreadable for the model) counts as low
         n = int(low.sum())
         if n:
             _report(self.stats, 0, -n, {"low_clip_score": n}, 0.0)
             table = table.filter(pa.array(~low))
         return table
-
-
-def score_stage(ds: ray.data.Dataset, config: PipelineConfig, stats: Any) -> ray.data.Dataset:
-    """`ds` with the `clip_score` column, rows below `data.min_clip_score` dropped."""
-    import ray
-    from ray.data import ActorPoolStrategy
-
-    from clipray.config import to_dict
-
-    d = config.data
-    source = resolve_score_model(d.score_model or "", config.tracking.tracking_uri)
-    state_ref = ray.put(source.state_dict)
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
-    return ds.map_batches(
-        ClipScorer,
-        fn_constructor_args=(to_dict(source.config), state_ref, d.min_clip_score, stats, d.image_column,
-                             d.caption_column),
-        batch_size=64, batch_format="pyarrow", zero_copy_batch=True,
-        compute=ActorPoolStrategy(size=d.score_actors),
-        num_gpus=gpus, num_cpus=0 if gpus else d.num_cpus)
