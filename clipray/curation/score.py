@@ -31,31 +31,14 @@ if TYPE_CHECKING:
 
 
 def resolve_score_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
-    """`ref` as `clipray.eval.loading.resolve_model` takes it, plus registered-model URIs."""
+    """`data.score_model` (a run id, a checkpoint, or a registered version `models:/NAME/N` or
+    `models:/NAME@ALIAS`) through the one model loader, its errors naming the setting."""
     from clipray.eval.loading import resolve_model
 
-    if ref.startswith("models:/"):
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        from clipray.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        spec = ref.removeprefix("models:/")
-        try:
-            if "@" in spec:
-                name, alias = spec.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, number = spec.partition("/")
-                version = client.get_model_version(name, number)
-        except MlflowException as e:
-            raise MissingFileError(f"data.score_model {ref}: not in the model registry at {uri} ({e})") from None
-        if not version.run_id:
-            raise MissingFileError(f"data.score_model {ref}: version {version.version} has no training run")
-        return resolve_model(version.run_id, uri)
-    return resolve_model(ref, tracking_uri)
+    try:
+        return resolve_model(ref, tracking_uri)
+    except MissingFileError as e:
+        raise MissingFileError(f"data.score_model: {e}") from None
 
 
 class ModelEncoder:
