@@ -378,7 +378,7 @@ def run(args: argparse.Namespace) -> int:
             raise RuntimeError(f"the models differ: clipray {ours_params:,} parameters, open_clip {peer_params:,}")
         print(f"data: {args.data}, {rows} training rows, {info['eval_rows']} held out; model: {config.name} "
               f"({ours_params:,} parameters on both sides); global batch {args.batch_size}, {steps} steps "
-              f"({epochs} epochs of {rows // args.batch_size}), seed {args.seed}, {os.cpu_count()} cores", flush=True)
+              f"({epochs} epoch(s) of {rows // args.batch_size}), seed {args.seed}, {os.cpu_count()} cores", flush=True)
         print(f"{PEER}: {python} -m open_clip_train.main ... --model local-dir:{model_dir} {' '.join(flags)} "
               f"--workers {args.peer_workers}", flush=True)
         peer = run_peer(python, config, work / "peer_data" / "train.csv", model_dir, work, epochs,
