@@ -361,6 +361,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.steps <= args.skip_steps:
         raise InvalidInputError(f"--steps {args.steps} must exceed --skip-steps {args.skip_steps}")
+    args.pipeline = str(Path(args.pipeline).resolve())  # both trainers run in the work directory
     python = ensure_refenv(Path(args.refenv))
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # loading clipray's checkpoint for the recall
     with tempfile.TemporaryDirectory(prefix="clipray-bench-peer-") as tmp:
