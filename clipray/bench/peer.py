@@ -10,10 +10,11 @@ global batch, step count, crop augmentation (RandomResizedCrop area range) and p
 same cores, one after the other:
   - open_clip_train gets the model as a local config folder (`--model local-dir:DIR`, the
     open_clip_config.json that `clipray export` writes: no wrapper script), the rows as a CSV of
-    image files and captions, one process, `--workers` DataLoader workers;
+    image files and captions, one process, `--peer-workers` DataLoader workers;
   - clipray runs `clipray train PIPELINE --set ...` with the pipeline's worker layout.
-Reported: steady-state samples/s (median per-step rate after `--skip-steps`; clipray logs a rate
-per `train.log_every` steps, open_clip_train one per step), the wall time of each training
+Reported: steady-state samples/s (the median rate over `train.log_every`-step intervals after
+`--skip-steps`: clipray logs those, open_clip_train logs each step's time, summed here over the
+same intervals), the wall time of each training
 command (interpreter start to exit), the loss over steps (final loss: the mean of the logged
 losses of the last 10% of steps), and image->text / text->image Recall@1/5 on the held-out
 split, each model embedding the same decoded held-out pixels and captions with its own tokenizer.
@@ -62,7 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="data, model init and shuffling seed on both sides")
     p.add_argument("--workers", type=int, default=None,
                    help="clipray Ray Train workers (default: the pipeline's train.num_workers)")
-    p.add_argument("--peer-workers", type=int, default=1, help="open_clip_train DataLoader workers (--workers)")
+    p.add_argument("--peer-workers", type=int, default=None,
+                   help="open_clip_train DataLoader workers (its --workers; default: the pipeline's "
+                        "data.concurrency, the number of clipray's preprocessing actors)")
     p.add_argument("--skip-steps", type=int, default=10, help="steps excluded from the steady-state rate")
     p.add_argument("--refenv", default=str(ROOT / ".refenv"), help="open_clip's environment (built when missing)")
     p.add_argument("--keep", default=None, metavar="DIR", help="work in DIR and keep it (logs, checkpoints)")
@@ -181,8 +184,21 @@ class SideResult:
     params: int = 0
 
 
-def steady_rate(rates: dict[int, float], skip: int) -> float:
-    after = [v for s, v in sorted(rates.items()) if s > skip]
+def interval_rates(rates: dict[int, float], batch: int, every: int) -> dict[int, float]:
+    """Per-step rates -> the rate over each `every` steps ending at a multiple of `every`: samples
+    over summed step times, the interval clipray's `train/samples_per_s` covers there."""
+    out = {}
+    for end in range(every, max(rates, default=0) + 1, every):
+        steps = [s for s in range(end - every + 1, end + 1) if s in rates]
+        if len(steps) == every:
+            out[end] = every * batch / sum(batch / rates[s] for s in steps)
+    return out
+
+
+def steady_rate(rates: dict[int, float], skip: int, every: int = 1) -> float:
+    """Median of the interval rates ending after step `skip`, at multiples of `every` only: clipray
+    also logs the last step when it is no multiple, with a rate over a shorter interval."""
+    after = [v for s, v in sorted(rates.items()) if s > skip and s % every == 0]
     if not after:
         raise InvalidInputError(f"no logged step after step {skip}: raise --steps or lower --skip-steps")
     return statistics.median(after)
@@ -240,7 +256,8 @@ def run_peer(python: Path, config: Any, csv_path: Path, model_dir: Path, work: P
            "--log-every-n-steps", "1", "--save-frequency", "0"]
     wall = run_logged(cmd, work / "open_clip.out", work, peer_env())
     rates, losses = parse_open_clip_log((logs / "peer" / "out.log").read_text(), args.batch_size, per_epoch)
-    return SideResult(wall, rates, losses)
+    # The rate over the same intervals as clipray's, so both medians estimate the same thing.
+    return SideResult(wall, interval_rates(rates, args.batch_size, config.train.log_every), losses)
 
 
 def run_clipray(pipeline: str, sets: list[str], work: Path) -> tuple[SideResult, str, str]:
@@ -318,8 +335,8 @@ ROWS = [("params", "parameters", "{:,.0f}"), ("samples_per_s", "samples/s (stead
         ("t2i_r1", "held-out text->image R@1", "{:.3f}"), ("t2i_r5", "held-out text->image R@5", "{:.3f}")]
 
 
-def summary(side: SideResult, steps: int, skip: int, logged: set[int]) -> dict[str, float]:
-    return {"params": side.params, "samples_per_s": steady_rate(side.rates, skip), "wall_s": side.wall_s,
+def summary(side: SideResult, steps: int, skip: int, every: int, logged: set[int]) -> dict[str, float]:
+    return {"params": side.params, "samples_per_s": steady_rate(side.rates, skip, every), "wall_s": side.wall_s,
             "final_loss": final_loss(side.losses, steps, logged), **side.metrics}
 
 
@@ -373,6 +390,8 @@ def run(args: argparse.Namespace) -> int:
         sets = overrides(args, work / "data" / "train", steps, work)
         config = load_config(args.pipeline, sets)  # fails here, before either side starts
         flags = peer_flags(config)
+        if args.peer_workers is None:
+            args.peer_workers = config.data.concurrency
         model_dir = model_folder(config, work / "open_clip_model")
         ours_params, peer_params = param_counts(config, python, model_dir)
         if ours_params != peer_params:
@@ -392,8 +411,10 @@ def run(args: argparse.Namespace) -> int:
                                               work / "open_clip_logs" / "peer" / "checkpoints" / f"epoch_{epochs}.pt",
                                               work / "data" / "eval", work)
         logged = set(ours.losses) & set(peer.losses)
-        ours_s, peer_s = summary(ours, steps, args.skip_steps, logged), summary(peer, steps, args.skip_steps, logged)
-        print(f"\nsamples/s: median per-step rate after step {args.skip_steps}; final loss: mean loss over the last "
+        every = config.train.log_every
+        ours_s = summary(ours, steps, args.skip_steps, every, logged)
+        peer_s = summary(peer, steps, args.skip_steps, every, logged)
+        print(f"\nsamples/s: median rate over {config.train.log_every}-step intervals after step {args.skip_steps}; final loss: mean loss over the last "
               f"{FINAL_FRACTION:.0%} of steps, at the steps both sides logged; recall on {info['eval_rows']} held-out images\n")
         print(format_table(ours_s, peer_s))
         print("\nloss over steps:\n")

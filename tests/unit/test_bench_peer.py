@@ -98,8 +98,17 @@ def test_open_clip_log_parses_to_per_step_rates_and_losses():
     assert losses == {1: 4.8880, 2: 4.6411, 16: 2.9188}
 
 
+def test_open_clip_step_rates_become_rates_over_clipray_s_log_intervals():
+    # Steps of 1 s, 1 s and 2 s at batch 10: 30 samples in 4 s. Step 5 only starts an interval.
+    rates = {1: 10.0, 2: 10.0, 3: 5.0, 4: 10.0, 5: 10.0, 6: 10.0, 7: 10.0}
+    assert peer.interval_rates(rates, batch=10, every=3) == {3: pytest.approx(7.5), 6: pytest.approx(10.0)}
+    assert peer.interval_rates({1: 10.0, 3: 10.0}, batch=10, every=3) == {}  # a step missing: no interval
+
+
 def test_steady_rate_and_final_loss():
     assert peer.steady_rate({1: 5.0, 2: 90.0, 3: 100.0, 4: 110.0}, skip=1) == 100.0
+    # clipray's last logged step (no multiple of log_every) covers a shorter interval: left out.
+    assert peer.steady_rate({5: 5.0, 10: 90.0, 15: 100.0, 17: 500.0}, skip=5, every=5) == 95.0
     with pytest.raises(InvalidInputError, match="after step 4"):
         peer.steady_rate({1: 5.0, 4: 6.0}, skip=4)
     losses = {s: float(s) for s in range(1, 101)}
