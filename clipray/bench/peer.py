@@ -297,19 +297,19 @@ def evaluate(config: Any, run_id: str, uri: str, python: Path, model_dir: Path, 
              work: Path) -> tuple[dict[str, float], dict[str, float]]:
     """Held-out Recall@1/5 of (clipray, open_clip): both embed the same decoded pixels and captions."""
     import numpy as np
-    import torch
 
-    from clipray.eval.loading import build_loaded_model, load_state_dict, resolve_model
+    from clipray.eval.loading import load_model
     from clipray.eval.retrieval import caption_groups
-    from clipray.eval.suite import text_encoder
-    from clipray.eval.zeroshot import embed_images, load_zeroshot_task
+    from clipray.eval.zeroshot import load_zeroshot_task
+    from clipray.models.inputs import embed_images, embed_texts
 
-    task = load_zeroshot_task(config, str(eval_dir))
-    if task.captions is None:
-        raise InvalidInputError(f"{eval_dir}: the held-out split has no captions")
+    task = load_zeroshot_task(config, str(eval_dir))  # decoded through clipray's evaluation image ops
+    if task.captions is None or task.images is None:
+        raise InvalidInputError(f"{eval_dir}: the held-out split has no captions or images")
     texts, groups = caption_groups(task.captions)
-    model = build_loaded_model(config, load_state_dict(resolve_model(run_id, uri)))
-    ours = recall(embed_images(model, task.images, config, torch.device("cpu")), text_encoder(model, config)(texts), groups)
+    loaded = load_model(run_id, uri)
+    ours = recall(embed_images(loaded.model, task.images, loaded.config),
+                  embed_texts(loaded.model, texts, loaded.text_input), groups)
     np.savez(work / "heldout.npz", images=task.images, texts=np.array(texts))
     run_logged([str(python), str(PEER_SCRIPT), "embed", str(model_dir), str(checkpoint), str(work / "heldout.npz"),
                 str(work / "peer_emb.npz")], work / "open_clip_embed.out", work, peer_env())
