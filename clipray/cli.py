@@ -14,15 +14,15 @@ from clipray.bench import commands as bench_commands
 from clipray.curation import commands as curation_commands
 from clipray.data import commands as data_commands
 from clipray.eval import commands as eval_commands
+from clipray.export import commands as export_commands
 from clipray.jobs import commands as jobs_commands
-from clipray.models import commands as models_commands
 from clipray.schedule import commands as schedule_commands
 from clipray.text import commands as text_commands
 from clipray.tracking import commands as tracking_commands
 from clipray.train import commands as train_commands
 
 # In the order `clipray --help` lists them (curation adds `curate` to the `data` group).
-COMMAND_GROUPS = [data_commands, curation_commands, text_commands, train_commands, eval_commands, models_commands,
+COMMAND_GROUPS = [data_commands, curation_commands, text_commands, train_commands, eval_commands, export_commands,
                   tracking_commands, jobs_commands, schedule_commands, bench_commands]
 
 

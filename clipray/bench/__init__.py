@@ -28,6 +28,7 @@ BENCH_MODULES = [
     "clipray.bench.train",
     "clipray.bench.gpu",
     "clipray.bench.curate",
+    "clipray.bench.peer",
 ]
 
 bench_registry: Registry[Benchmark] = Registry("benchmark")

@@ -226,7 +226,7 @@ class ModelConfig:
     init_logit_bias: float | None = None  # learnable logit bias (SigLIP: -10); None = no bias
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
-    init_from: str | None = None  # a state dict (OpenAI/open_clip layout, or a clipray state.pt) loaded first
+    init_from: str | None = None  # a state dict (OpenAI/open_clip layout, or a clipray checkpoint: its directory or state.pt) loaded first
     clippo: ClippoConfig = field(default_factory=ClippoConfig)
     albef: AlbefConfig = field(default_factory=AlbefConfig)
 

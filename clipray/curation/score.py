@@ -31,31 +31,14 @@ if TYPE_CHECKING:
 
 
 def resolve_score_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
-    """`ref` as `clipray.eval.loading.resolve_model` takes it, plus registered-model URIs."""
+    """`data.score_model` (a run id, a checkpoint, or a registered version `models:/NAME/N` or
+    `models:/NAME@ALIAS`) through the one model loader, its errors naming the setting."""
     from clipray.eval.loading import resolve_model
 
-    if ref.startswith("models:/"):
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-
-        from clipray.tracking import resolve_tracking_uri
-
-        uri = resolve_tracking_uri(tracking_uri)
-        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        spec = ref.removeprefix("models:/")
-        try:
-            if "@" in spec:
-                name, alias = spec.split("@", 1)
-                version = client.get_model_version_by_alias(name, alias)
-            else:
-                name, _, number = spec.partition("/")
-                version = client.get_model_version(name, number)
-        except MlflowException as e:
-            raise MissingFileError(f"data.score_model {ref}: not in the model registry at {uri} ({e})") from None
-        if not version.run_id:
-            raise MissingFileError(f"data.score_model {ref}: version {version.version} has no training run")
-        return resolve_model(version.run_id, uri)
-    return resolve_model(ref, tracking_uri)
+    try:
+        return resolve_model(ref, tracking_uri)
+    except MissingFileError as e:
+        raise MissingFileError(f"data.score_model: {e}") from None
 
 
 class ModelEncoder:
@@ -67,15 +50,15 @@ class ModelEncoder:
 
         from clipray.config import load_config
         from clipray.data.pipeline import build_ops
-        from clipray.eval.loading import build_loaded_model
-        from clipray.eval.zeroshot import text_encoder_input
+        from clipray.models import build_trained_model
+        from clipray.models.inputs import text_input
 
         self.config = load_config(data=model_config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         state = ray.get(state_ref) if isinstance(state_ref, ray.ObjectRef) else state_ref
-        self.model = build_loaded_model(self.config, state).to(self.device)
+        self.model: Any = build_trained_model(self.config.model, state).to(self.device)
         self.ops = build_ops(self.config, train=False, names=("decode", "image_transform"))
-        self.to_text = text_encoder_input(self.config)
+        self.to_text = text_input(self.config)
 
     def scores(self, images: list[Any], captions: list[str]) -> np.ndarray:
         """Cosine similarities; NaN for an image the model's decode drops."""
@@ -113,11 +96,10 @@ def score_stage(ds: ray.data.Dataset, config: PipelineConfig, stats: Any) -> ray
     from ray.data import ActorPoolStrategy
 
     from clipray.config import to_dict
-    from clipray.eval.loading import load_state_dict
 
     d = config.data
     source = resolve_score_model(d.score_model or "", config.tracking.tracking_uri)
-    state_ref = ray.put(load_state_dict(source))
+    state_ref = ray.put(source.state_dict)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     return ds.map_batches(
         ClipScorer,

@@ -32,7 +32,8 @@ def register(sub: Subparsers) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="MLflow run id (or runs:/<id>) of a training run, or a checkpoint directory")
+                   help="MLflow run id (or runs:/<id>) of a training run, a checkpoint directory, or a "
+                        "registered version (models:/NAME/VERSION, models:/NAME@ALIAS)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default $MLFLOW_TRACKING_URI)")
     p.add_argument("--batch-size", type=positive, default=256, help="rows per embedding batch")
     p.add_argument("--actors", type=positive, default=1, help="embedding actors (each loads the model once)")

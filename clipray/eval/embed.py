@@ -43,11 +43,11 @@ class _Embedder:
     def __init__(self, config: dict[str, Any], state_ref: Any, passthrough: tuple[str, ...]) -> None:
         import torch
 
-        from clipray.eval.loading import build_loaded_model
+        from clipray.models import build_trained_model
 
         self.config: PipelineConfig = load_config(data=config)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = build_loaded_model(self.config, _state_value(state_ref)).to(self.device)
+        self.model: Any = build_trained_model(self.config.model, _state_value(state_ref)).to(self.device)
         self.passthrough = passthrough
 
     def _output(self, batch: Batch, emb: np.ndarray) -> pa.Table:
@@ -95,9 +95,9 @@ class TextEmbedder(_Embedder):
     def __init__(self, config: dict[str, Any], state_ref: Any, passthrough: tuple[str, ...] = ("key",),
                  text_column: str = "caption") -> None:
         super().__init__(config, state_ref, passthrough)
-        from clipray.eval.zeroshot import text_encoder_input
+        from clipray.models.inputs import text_input
 
-        self.to_input = text_encoder_input(self.config)  # token ids, or rendered pixels (CLIPPO)
+        self.to_input = text_input(self.config)  # token ids, or rendered pixels (CLIPPO)
         self.text_column = text_column
 
     def __call__(self, batch: Batch) -> pa.Table:

@@ -1,24 +1,35 @@
-"""Find a trained model: an MLflow run id, a `runs:/<id>` URI or a checkpoint directory.
+"""Load a trained model: from an MLflow run, a checkpoint directory or a registered model version.
 
-A training run is tagged `clipray.checkpoint` with its final checkpoint's location (set by the
-launcher) and carries the resolved `config.yaml` artifact, which gives the architecture. A
-checkpoint directory holds `state.pt`, whose `config` entry gives it. Checkpoints on a remote
-storage path (s3://... with the endpoint of $AWS_ENDPOINT_URL, as training wrote them, or another
-pyarrow filesystem URI) are read in place; the state is read once and kept on the `ModelSource`.
+References (`--model` of `clipray eval`, `embed`, `export`; the champion of retraining):
+
+- a checkpoint directory holding `state.pt` (`clipray.models.checkpoint`), local or a URI
+  (s3://... with the endpoint of $AWS_ENDPOINT_URL, as training wrote it);
+- an MLflow run id or `runs:/<id>`: the run's `clipray.checkpoint` tag (set by the launcher) names
+  its final checkpoint;
+- a registered model version, `models:/<name>/<version>` or `models:/<name>@<alias>`: the state
+  file logged with the version's pyfunc model.
+
+The architecture comes from the checkpoint's own `config` entry (for a run: the config the
+workers ran, secrets unmasked and local paths absolute), so there is one source of truth. The
+state is read once and kept on the `ModelSource`; `load_model` adds the model built from it, with
+its image preprocessing and its text input (tokenizer or renderer).
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+import numpy as np
 
 from clipray.config import PipelineConfig, load_config
 from clipray.errors import InvalidInputError, MissingFileError
-from clipray.train.context import STATE_FILE, load_state
+from clipray.models import build_trained_model
+from clipray.models.checkpoint import STATE_FILE, has_state, read_state
+from clipray.models.inputs import TextInput, image_pixels, text_input
 
 CHECKPOINT_TAG = "clipray.checkpoint"
 
@@ -26,35 +37,79 @@ CHECKPOINT_TAG = "clipray.checkpoint"
 @dataclass
 class ModelSource:
     config: PipelineConfig
-    checkpoint: str  # local directory or URI holding state.pt
+    checkpoint: str  # the checkpoint directory or URI, or the models:/ URI of a registered version
     run_id: str | None = None  # the training run, when the model came from one
     step: int = 0
-    state: dict[str, Any] | None = field(default=None, repr=False)  # the checkpoint's state, once read
+    state: dict[str, Any] = field(default_factory=dict, repr=False)  # the training state, read once
+    version: str | None = None  # the registered model version, when the model came from the registry
+
+    @property
+    def state_dict(self) -> dict[str, Any]:
+        """The model's parameters."""
+        return self.state["objective"]["model"]
+
+
+@dataclass
+class LoadedModel:
+    """A trained model in eval mode, with what it reads: images and text as in training."""
+
+    model: Any
+    config: PipelineConfig
+    source: ModelSource
+    _text: TextInput | None = field(default=None, repr=False)
+
+    def image_input(self, encoded: Sequence[bytes]) -> np.ndarray:
+        """Encoded images -> uint8 (N, S, S, 3) through the evaluation image ops."""
+        return image_pixels(self.config, encoded)
+
+    @property
+    def text_input(self) -> TextInput:
+        """Strings -> token ids, or rendered pixels (CLIPPO); the tokenizer or font is loaded on first use."""
+        if self._text is None:
+            self._text = text_input(self.config)
+        return self._text
+
+
+def load_model(ref: str | ModelSource, tracking_uri: str | None = None) -> LoadedModel:
+    """The model of `ref` (see the module docstring), built once, on the CPU."""
+    source = ref if isinstance(ref, ModelSource) else resolve_model(ref, tracking_uri)
+    model = build_trained_model(source.config.model, source.state_dict)
+    return LoadedModel(model, source.config, source)
 
 
 def resolve_model(ref: str, tracking_uri: str | None = None) -> ModelSource:
-    """`ref` is a checkpoint directory, `runs:/<run_id>` or a bare MLflow run id."""
-    path = Path(ref)
-    if path.is_dir():
-        if not (path / STATE_FILE).exists():
-            raise MissingFileError(f"--model {ref}: directory has no {STATE_FILE} (not a clipray checkpoint)")
-        state = load_state(path)
-        return ModelSource(_config_from_state(state, ref), str(path.resolve()), None, int(state.get("step", 0)), state)
+    """Where `ref`'s weights are, with its config and state (read once)."""
     if ref.startswith("models:/"):
-        raise InvalidInputError(f"--model {ref}: registered-model URIs are not supported here; pass the run id or a "
-                         f"checkpoint directory")
+        return _from_registry(ref, tracking_uri)
+    if ("://" in ref and not ref.startswith("runs:/")) or Path(ref).is_dir():
+        if "://" not in ref and not has_state(ref):
+            raise MissingFileError(f"--model {ref}: directory has no {STATE_FILE} (not a clipray checkpoint)")
+        return _from_state(read_state(ref), str(Path(ref).resolve()) if "://" not in ref else ref)
     run_id = ref.removeprefix("runs:/").strip("/").split("/")[0]
     return _from_run(run_id, tracking_uri)
 
 
-def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
-    from mlflow.exceptions import MlflowException
+def _from_state(state: dict[str, Any], where: str, run_id: str | None = None) -> ModelSource:
+    if "config" not in state:
+        raise InvalidInputError(f"checkpoint {where} has no 'config' entry; cannot tell the architecture")
+    if not isinstance(state.get("objective"), dict) or "model" not in state["objective"]:
+        raise InvalidInputError(f"checkpoint {where} has no 'objective.model' entry: no model weights in it")
+    return ModelSource(load_config(data=state["config"]), where, run_id, int(state.get("step", 0)), state)
+
+
+def _client(tracking_uri: str | None) -> tuple[Any, str]:
     from mlflow.tracking import MlflowClient
 
     from clipray.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
-    client = MlflowClient(tracking_uri=uri)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
+    from mlflow.exceptions import MlflowException
+
+    client, uri = _client(tracking_uri)
     try:
         run = client.get_run(run_id)
     except MlflowException as e:
@@ -62,53 +117,40 @@ def _from_run(run_id: str, tracking_uri: str | None) -> ModelSource:
     checkpoint = run.data.tags.get(CHECKPOINT_TAG)
     if not checkpoint:
         raise MissingFileError(f"run {run_id} has no {CHECKPOINT_TAG!r} tag: it finished without a checkpoint, "
-                                f"or was trained before runs were tagged")
+                               f"or was trained before runs were tagged")
+    source = _from_state(read_state(checkpoint), checkpoint, run_id)
+    source.step = source.step or int(run.data.metrics.get("train/step", 0)) or source.config.train.steps
+    return source
+
+
+def _from_registry(ref: str, tracking_uri: str | None) -> ModelSource:
+    """`models:/<name>/<version>` or `models:/<name>@<alias>`: the state logged with that version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    client, uri = _client(tracking_uri)
+    spec = ref.removeprefix("models:/")
+    try:
+        if "@" in spec:
+            name, alias = spec.split("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, number = spec.partition("/")
+            version = client.get_model_version(name, number)
+    except MlflowException as e:
+        raise MissingFileError(f"--model {ref}: not in the model registry at {uri} ({e})") from None
+    where = f"models:/{name}/{version.version}"
+    # MLflow resolves a models:/ URI through its global tracking URI (3.18 does not pass the
+    # download's tracking_uri/registry_uri on to the registry lookup), so it is set here as
+    # registration sets it (clipray.tracking.publish).
+    mlflow.set_tracking_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = client.download_artifacts(run_id, "config.yaml", tmp)
-        except MlflowException as e:
-            raise MissingFileError(f"run {run_id}: no config.yaml artifact ({e})") from e
-        config = load_config(data=yaml.safe_load(Path(local).read_text()))
-    state = None
-    if "://" in checkpoint or (Path(checkpoint) / STATE_FILE).exists():
-        # The checkpoint's config is the one the workers ran: secrets unmasked, local paths (a
-        # trained text_encoding.tokenizer) absolute. config.yaml has them as given on the command line.
-        state = read_state(checkpoint)
-        config = _config_from_state(state, checkpoint)
-    step = int(run.data.metrics.get("train/step", 0)) or config.train.steps
-    return ModelSource(config, checkpoint, run_id, step, state)
-
-
-def read_state(checkpoint: str) -> dict[str, Any]:
-    """The training state in the checkpoint directory `checkpoint`: a local path or a URI."""
-    if "://" not in checkpoint:
-        return load_state(checkpoint)
-    import io
-
-    import torch
-
-    from clipray.data.sources import read_bytes
-
-    data = read_bytes(f"{checkpoint.rstrip('/')}/{STATE_FILE}")
-    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
-
-
-def _config_from_state(state: dict[str, Any], where: str) -> PipelineConfig:
-    if "config" not in state:
-        raise InvalidInputError(f"checkpoint {where} has no 'config' entry; cannot tell the architecture")
-    return load_config(data=state["config"])
-
-
-def load_state_dict(source: ModelSource) -> dict[str, Any]:
-    """The model's parameters from `source.checkpoint` (local or remote)."""
-    state = source.state if source.state is not None else read_state(source.checkpoint)
-    return state["objective"]["model"]
-
-
-def build_loaded_model(config: PipelineConfig, state_dict: dict[str, Any]) -> Any:
-    """The model in eval mode with the given parameters (strict: a mismatch is an error)."""
-    from clipray.models import build_model
-
-    model = build_model(config.model)
-    model.load_state_dict(state_dict)
-    return model.eval()
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=where, dst_path=tmp))
+        found = next(local.rglob(STATE_FILE), None)
+        if found is None:
+            raise MissingFileError(f"--model {ref}: version {version.version} holds no {STATE_FILE} (not logged by "
+                                   f"this clipray)")
+        state = read_state(str(found.parent))
+    source = _from_state(state, where, version.run_id or None)
+    source.version = str(version.version)
+    return source

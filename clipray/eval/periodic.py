@@ -1,7 +1,7 @@
 """Evaluation every `eval.every_steps` optimizer steps, inside the training process on rank 0.
 
-Same metrics as `clipray eval` (`clipray.eval.suite.compute_metrics`); the images are embedded
-in-process because the model is already here. The evaluation set is decoded once, on first use.
+The one evaluation (`clipray.eval.suite.evaluate`), as `clipray eval` and the end of training run
+it; the images are embedded in-process because the model is already here. The evaluation set is decoded once, on first use.
 Other ranks do not wait for it explicitly: they block in the next step's collective until rank 0
 has finished, which is the same pause a barrier would give.
 """
@@ -27,7 +27,7 @@ class PeriodicEval:
         return self.enabled and step % self.every == 0
 
     def __call__(self, model: Any, device: torch.device) -> dict[str, float]:
-        from clipray.eval.suite import evaluate_in_process
+        from clipray.eval.suite import evaluate
         from clipray.eval.zeroshot import load_zeroshot_task
 
         if not hasattr(model, "encode_image") or not hasattr(model, "encode_text"):
@@ -35,4 +35,4 @@ class PeriodicEval:
         if self._task is None:
             self._task = load_zeroshot_task(self.config)
         with torch.autocast(device.type, enabled=False):
-            return evaluate_in_process(model, self.config, self._task, device)
+            return evaluate(model, self.config, self._task, device).metrics

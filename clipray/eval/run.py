@@ -1,8 +1,8 @@
 """`clipray eval` and `clipray embed`: driver side.
 
 eval: resolve the model -> embed the evaluation images as a Ray Data batch-inference stage ->
-embed class prompts and captions (a few hundred texts, in the driver) -> zero-shot, retrieval,
-modality gap -> MLflow + a printed table.
+`clipray.eval.suite.evaluate` with those embeddings (class prompts and captions, a few hundred
+texts, embedded in the driver; zero-shot, retrieval, modality gap) -> MLflow + a printed table.
 
 Where results go in MLflow: a model given by run id is evaluated *into that run* (metrics
 `eval/<set>/<metric>` at the run's final step, and `eval/<set>.json` as an artifact), so a
@@ -27,15 +27,9 @@ import torch
 
 from clipray.errors import InvalidInputError
 from clipray.eval.embed import EmbedOptions, collect, embed_dataset, embeddings
-from clipray.eval.loading import (
-    CHECKPOINT_TAG,
-    ModelSource,
-    build_loaded_model,
-    load_state_dict,
-    resolve_model,
-)
-from clipray.eval.suite import compute_metrics, text_encoder
-from clipray.eval.zeroshot import load_class_attributes, load_classes, parquet_files
+from clipray.eval.loading import CHECKPOINT_TAG, ModelSource, load_model, resolve_model
+from clipray.eval.suite import evaluate as evaluate_model
+from clipray.eval.zeroshot import ZeroShotTask, load_class_attributes, load_classes, parquet_files
 
 ROWS = [("zero-shot top-1", "zeroshot_top1"), ("zero-shot top-5", "zeroshot_top5"),
         ("chance (1 / classes)", "zeroshot_chance"),
@@ -80,20 +74,16 @@ def evaluate(model_ref: str, data: str, *, classes_file: str | None = None, name
     if missing:
         raise InvalidInputError(f"evaluation set {data}: parquet lacks column(s) {sorted(missing)} (has {schema})")
     has_caption = "caption" in schema
-    state_dict = load_state_dict(source)
     init_ray(config)
     passthrough = ("key", "label") + (("caption",) if has_caption else ())
     columns = [config.data.image_column, *passthrough]
-    table = collect(embed_dataset(config, state_dict, data, modality="image", columns=columns,
+    table = collect(embed_dataset(config, source.state_dict, data, modality="image", columns=columns,
                                   passthrough=passthrough, options=options or EmbedOptions()))
-    image_emb = torch.from_numpy(embeddings(table))
-    labels = np.asarray(table.column("label").to_numpy())
-    captions = table.column("caption").to_pylist() if has_caption else None
-    model = build_loaded_model(config, state_dict)
-    metrics = compute_metrics(image_emb, labels, captions, classes, templates, text_encoder(model, config),
-                              attributes)
-    metrics["eval/logit_scale"] = float(model.logit_scale.detach().exp())
-    metrics["eval/images"] = float(len(labels))
+    # The images were embedded by the Ray Data stage above; the rest is the one in-process evaluation.
+    task = ZeroShotTask(None, np.asarray(table.column("label").to_numpy()), classes, templates,
+                        table.column("caption").to_pylist() if has_caption else None, attributes)
+    metrics = evaluate_model(load_model(source).model, config, task,
+                             image_emb=torch.from_numpy(embeddings(table))).metrics
     uri = resolve_tracking_uri(tracking_uri)
     run_id = _log(source, name, metrics, uri, experiment, model_ref, data) if log else None
     return EvalResult(name, metrics, run_id, uri, time.monotonic() - started)
@@ -148,7 +138,6 @@ def embed(model_ref: str, data: str, out: str, *, modality: str, column: str | N
 
     source = resolve_model(model_ref, tracking_uri)
     config = source.config
-    state_dict = load_state_dict(source)
     col = column or (config.data.image_column if modality == "image" else config.data.caption_column)
     schema = pq.read_schema(parquet_files(data)[0]).names if "://" not in data else None
     if schema is not None and col not in schema:
@@ -156,7 +145,7 @@ def embed(model_ref: str, data: str, out: str, *, modality: str, column: str | N
     keep = tuple(k for k in keep if schema is None or k in schema)
     init_ray(config)
     started = time.monotonic()
-    ds = embed_dataset(config, state_dict, data, modality=modality, columns=list(dict.fromkeys([col, *keep])),
+    ds = embed_dataset(config, source.state_dict, data, modality=modality, columns=list(dict.fromkeys([col, *keep])),
                        passthrough=keep, options=options or EmbedOptions(), text_column=col)
     ds.write_parquet(out)
     elapsed = time.monotonic() - started

@@ -1,7 +1,7 @@
-"""Zero-shot classification with prompt-template ensembles.
+"""The evaluation set and zero-shot classification metrics.
 
-Class weights: w_c = normalize(mean_k normalize(g(template_k(name_c)))); prediction
-argmax_c <normalize(f(x)), w_c>.
+Class weights (`clipray.eval.suite.class_weights`): w_c = normalize(mean_k normalize(g(template_k(name_c))));
+prediction argmax_c <normalize(f(x)), w_c>.
 
 `classes.json` may also give each class attributes (`"attributes": {"colour": [one value per
 class], "shape": [...]}`); top-1 is then also reported per attribute: the share of images whose
@@ -11,7 +11,7 @@ predicted class has the true class's value of that attribute (`eval/zeroshot_top
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,16 +23,15 @@ import torch
 import torch.nn.functional as F
 
 from clipray.config import PipelineConfig
-from clipray.data.ops.base import CountingStats
-from clipray.data.pipeline import Preprocess
 from clipray.errors import InvalidInputError, MissingFileError
-from clipray.models.common.image import text_tower_input, to_model_input
-from clipray.text.encoding import text_encoding
+from clipray.models.inputs import decode_images
 
 
 @dataclass
 class ZeroShotTask:
-    images: np.ndarray  # uint8 (N, S, S, 3)
+    """The evaluation set: labelled images, class names and prompt templates."""
+
+    images: np.ndarray | None  # uint8 (N, S, S, 3); None when the caller embeds them elsewhere (Ray Data)
     labels: np.ndarray  # int (N,)
     classes: list[str]
     templates: list[str]
@@ -81,7 +80,8 @@ def parquet_files(source: str) -> list[Path]:
 
 
 def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> ZeroShotTask:
-    """Labelled images (parquet with `jpg`, `label`, optional `caption`) and `classes.json` beside them."""
+    """Labelled images (parquet with `jpg`, `label`, optional `caption`) and `classes.json` beside them,
+    decoded once through the model's evaluation image ops (`clipray.models.inputs.decode_images`)."""
     source = source or config.eval.zeroshot_source
     if not source:
         raise InvalidInputError("eval.zeroshot_source is not set")
@@ -90,62 +90,17 @@ def load_zeroshot_task(config: PipelineConfig, source: str | None = None) -> Zer
     has_caption = "caption" in pq.read_schema(files[0]).names
     columns = ["key", config.data.image_column, "label"] + (["caption"] if has_caption else [])
     table = pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
-    prep = Preprocess(config, train=False, names=("decode", "image_transform"))
-    counts = CountingStats()
     batch = {"key": table.column("key").to_numpy(zero_copy_only=False),
              config.data.image_column: table.column(config.data.image_column).to_pylist(),
              "label": table.column("label").to_numpy()}
     if has_caption:
         batch["caption"] = table.column("caption").to_pylist()
-    for op in prep.ops:
-        batch = op(batch, counts)
-    if counts.dropped:
-        raise ValueError(f"zero-shot set {source} has undecodable images: {dict(counts.dropped)}")
+    batch, dropped = decode_images(config, batch)
+    if dropped:
+        raise InvalidInputError(f"zero-shot set {source} has undecodable images: {dropped}")
     return ZeroShotTask(batch["image"], np.asarray(batch["label"]), classes, templates,
                         list(batch["caption"]) if has_caption else None,
                         load_class_attributes(source, config.eval.classes_file))
-
-
-def text_encoder_input(config: PipelineConfig) -> Callable[[list[str]], torch.Tensor]:
-    """Strings -> what the model's text tower reads, exactly as in training: token ids or
-    CLIPPO-rendered, normalised pixels, as `text_encoding.kind` chooses."""
-    encoding = text_encoding(config)
-    encode = encoding.encoder()
-    return lambda texts: text_tower_input(encoding, torch.from_numpy(encode(texts)), config.image.mean,
-                                          config.image.std)
-
-
-@torch.no_grad()
-def class_weights(model: Any, encode_input: Callable[[list[str]], torch.Tensor], classes: list[str],
-                  templates: list[str], device: torch.device) -> torch.Tensor:
-    weights = []
-    for name in classes:
-        inputs = encode_input([t.format(name) for t in templates]).to(device)
-        emb = F.normalize(model.encode_text(inputs).float(), dim=-1).mean(0)
-        weights.append(F.normalize(emb, dim=-1))
-    return torch.stack(weights)  # C, D
-
-
-@torch.no_grad()
-def embed_images(model: Any, images: np.ndarray, config: PipelineConfig, device: torch.device,
-                 batch_size: int = 256) -> torch.Tensor:
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = to_model_input(torch.from_numpy(images[i : i + batch_size]).to(device), config.image.mean,
-                           config.image.std)
-        out.append(F.normalize(model.encode_image(x).float(), dim=-1))
-    return torch.cat(out)
-
-
-def zero_shot_eval(model: Any, config: PipelineConfig, task: ZeroShotTask,
-                   device: torch.device | str = "cpu") -> dict[str, float]:
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
-    weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
-    feats = embed_images(model, task.images, config, device, config.eval.batch_size)
-    model.train(was_training)
-    return zero_shot_metrics(feats, task.labels, weights, task.attributes)
 
 
 def zero_shot_metrics(image_emb: torch.Tensor, labels: np.ndarray | Sequence[int], weights: torch.Tensor,

@@ -6,22 +6,26 @@
    and its partitions are taken by the retry: nothing is skipped.
 2. Idempotence: a version already registered for this schedule window (tag `clipray.window`)
    means an earlier attempt got that far; the run then only finishes the champion decision.
-3. Warm start from the version holding the `champion` alias; evaluate it and the new model on the
-   same evaluation set; register the new version; move `champion` only if the new one scores
-   higher (or there is no champion yet).
+3. Warm start from the version holding the `champion` alias; register the new version; score it
+   and the champion with the same function (`score`: `clipray.eval.suite.evaluate`) on the same
+   evaluation set, decoded once; move `champion` only if the new one scores strictly higher (or
+   there is no champion yet): a tie keeps the incumbent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from clipray.eval.loading import LoadedModel
+    from clipray.eval.zeroshot import ZeroShotTask
 
 CHAMPION = "champion"
 METRIC = "eval/zeroshot_top1"
@@ -93,34 +97,32 @@ def consumed_partitions(client: Any, name: str) -> tuple[set[str], dict[str, Any
     return consumed, by_window
 
 
-def champion_state(client: Any, uri: str, name: str) -> tuple[str | None, dict[str, Any] | None]:
-    """(version, model state dict) of the `champion` alias, or (None, None)."""
-    import mlflow
-    import torch
-
-    from clipray.tracking.model import STATE_FILE
+def load_champion(client: Any, uri: str, name: str) -> LoadedModel | None:
+    """The registered version holding the `champion` alias, loaded; None when there is none yet."""
+    from clipray.eval.loading import load_model
 
     try:
-        mv = client.get_model_version_by_alias(name, CHAMPION)
+        client.get_model_version_by_alias(name, CHAMPION)
     except Exception:
-        return None, None
-    mlflow.set_tracking_uri(uri)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=tmp))
-        state_file = next(local.rglob(STATE_FILE))
-        return str(mv.version), torch.load(state_file, map_location="cpu", weights_only=True)
+        return None
+    return load_model(f"models:/{name}@{CHAMPION}", uri)
 
 
-def score(config: PipelineConfig, state: dict[str, Any]) -> float:
-    from clipray.eval.zeroshot import load_zeroshot_task, zero_shot_eval
-    from clipray.tracking.model import load_model
+def score(model: Any, config: PipelineConfig, task: ZeroShotTask) -> float:
+    """The gate's number for either side: the one evaluation (`clipray.eval.suite.evaluate`) on `task`."""
+    from clipray.eval.suite import evaluate
 
-    return zero_shot_eval(load_model(config, state), config, load_zeroshot_task(config))[METRIC]
+    return evaluate(model, config, task).metrics[METRIC]
+
+
+def promotes(new_score: float, incumbent: float | None) -> bool:
+    """The gate's rule: the challenger must score strictly higher; a tie keeps the incumbent."""
+    return incumbent is None or new_score > incumbent
 
 
 def decide_champion(client: Any, name: str, version: str, new_score: float, incumbent: float | None) -> bool:
     """Move `champion` to `version` when it beats the incumbent; record the decision on the version."""
-    moved = incumbent is None or new_score > incumbent
+    moved = promotes(new_score, incumbent)
     if moved:
         client.set_registered_model_alias(name, CHAMPION, version)
     client.set_model_version_tag(name, version, "clipray.champion_decision",
@@ -130,6 +132,8 @@ def decide_champion(client: Any, name: str, version: str, new_score: float, incu
 
 
 def retrain(config: PipelineConfig, *, window: str, schedule: str, partition_key: str = "dt") -> RetrainOutcome:
+    from clipray.eval.loading import load_model
+    from clipray.eval.zeroshot import load_zeroshot_task
     from clipray.tracking import resolve_tracking_uri
     from clipray.train.launcher import train
 
@@ -140,15 +144,17 @@ def retrain(config: PipelineConfig, *, window: str, schedule: str, partition_key
     name = config.tracking.registered_model or config.name
     client = _client(uri)
     consumed, by_window = consumed_partitions(client, name)
-    parent, state = champion_state(client, uri, name)
-    incumbent = score(config, state) if state is not None else None
+    champion = load_champion(client, uri, name)
+    parent = champion.source.version if champion is not None else None
+    task = load_zeroshot_task(config)  # the one evaluation set both sides of the gate are scored on
+    incumbent = score(champion.model, config, task) if champion is not None else None
 
     done = by_window.get(window)
     if done is not None:  # an earlier attempt of this window registered: finish, never register again
         parts = json.loads(done.tags.get("clipray.partitions", "[]"))
         moved = False
         if "clipray.champion_decision" not in done.tags:
-            new = float(done.tags.get(METRIC, "nan"))
+            new = score(load_model(f"models:/{name}/{done.version}", uri).model, config, task)
             moved = decide_champion(client, name, str(done.version), new, incumbent if parent != done.version else None)
         return RetrainOutcome("already-registered", parts, str(done.version), parent, champion_moved=moved)
 
@@ -160,10 +166,11 @@ def retrain(config: PipelineConfig, *, window: str, schedule: str, partition_key
     tags = {"clipray.schedule": schedule, "clipray.window": window,
             "clipray.partitions": json.dumps([f"{partition_key}={p}" for p in new_parts]),
             "clipray.parent_version": parent or ""}
-    result = train(selected, init_model=state, tags=tags, version_tags=tags)
+    result = train(selected, init_model=champion.source.state_dict if champion is not None else None, tags=tags,
+                   version_tags=tags)
     if result.model_version is None:
         raise RuntimeError("training produced no checkpoint, so no model version was registered")
-    new_score = result.metrics[METRIC]
+    new_score = score(load_model(f"models:/{name}/{result.model_version}", uri).model, config, task)
     moved = decide_champion(client, name, result.model_version, new_score, incumbent)
     return RetrainOutcome("trained", tags_parts(tags), result.model_version, parent, new_score, incumbent, moved)
 

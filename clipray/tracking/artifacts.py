@@ -1,6 +1,7 @@
-"""What a run logs besides metrics: a picture of a sample batch, evaluation plots (zero-shot
-confusion matrix, a retrieval sheet), the loss and learning-rate curves, the pyfunc model, and
-MLflow's system metrics while the driver runs. Pictures are drawn with Pillow alone."""
+"""What a run logs besides metrics: a picture of a sample batch, the drawing of the evaluation
+plots (zero-shot confusion matrix, a retrieval sheet; computed by `clipray.eval.plots`), the loss
+and learning-rate curves, and MLflow's system metrics while the driver runs. Pictures are drawn
+with Pillow alone."""
 
 from __future__ import annotations
 
@@ -78,8 +79,7 @@ def log_sample_batch(tracker: Any, config: PipelineConfig, n: int = 8) -> None:
     """Read a few rows of the training source through the eval preprocessing; log the picture."""
     import pyarrow.parquet as pq
 
-    from clipray.data.ops.base import CountingStats
-    from clipray.data.pipeline import Preprocess
+    from clipray.models.inputs import decode_images
 
     first, filesystem = first_source_file(config)
     dataset = pq.ParquetDataset(first, filesystem=filesystem)
@@ -88,48 +88,11 @@ def log_sample_batch(tracker: Any, config: PipelineConfig, n: int = 8) -> None:
     batch: dict[str, Any] = {"key": np.asarray(table.column(config.data.key_column).to_pylist()).astype(str),
                              config.data.image_column: table.column(config.data.image_column).to_pylist(),
                              "caption": np.asarray(table.column(config.data.caption_column).to_pylist(), dtype=object)}
-    stats = CountingStats()
-    for op in Preprocess(config, train=False, names=("decode", "image_transform")).ops:
-        batch = op(batch, stats)
+    batch, _ = decode_images(config, batch)  # a row broken on purpose is left out of the picture
     with tempfile.TemporaryDirectory() as tmp:
         path = sample_batch_figure(batch["image"][:n], [str(c) for c in batch["caption"][:n]],
                                    Path(tmp) / "sample_batch.png")
         tracker.log_artifact(str(path), "samples")
-
-
-def zero_shot_confusion(model: Any, config: PipelineConfig) -> tuple[np.ndarray, list[str]]:
-    confusion, classes, _ = _zero_shot_outputs(model, config)
-    return confusion, classes
-
-
-def _zero_shot_outputs(model: Any, config: PipelineConfig) -> tuple[np.ndarray, list[str], dict[str, Any]]:
-    """The confusion matrix, class names, and what the retrieval sheet needs (images, labels,
-    image embeddings, class weights), from one pass over the evaluation set."""
-    import torch
-
-    from clipray.eval.zeroshot import (
-        class_weights,
-        embed_images,
-        load_zeroshot_task,
-        text_encoder_input,
-    )
-
-    task = load_zeroshot_task(config)
-    device = torch.device("cpu")
-    was_training = model.training
-    model.eval()
-    try:
-        weights = class_weights(model, text_encoder_input(config), task.classes, task.templates, device)
-        feats = embed_images(model, task.images, config, device)
-    finally:
-        model.train(was_training)
-    pred = (feats @ weights.T).argmax(-1).numpy()
-    c = len(task.classes)
-    confusion = np.zeros((c, c), dtype=np.int64)
-    np.add.at(confusion, (np.asarray(task.labels), pred), 1)
-    return confusion, task.classes, {"images": task.images, "labels": np.asarray(task.labels),
-                                     "feats": feats.numpy(), "weights": weights.numpy(),
-                                     "templates": task.templates}
 
 
 def retrieval_queries(classes: list[str], templates: list[str], n: int = 6) -> list[tuple[str, int]]:
@@ -217,25 +180,6 @@ def log_training_curves(tracker: Any) -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         tracker.log_artifact(str(line_chart(series, Path(tmp) / "training.png")), "curves")
-
-
-def log_eval_plots(tracker: Any, model: Any, config: PipelineConfig) -> None:
-    """`eval/zeroshot_confusion.png` and `eval/retrieval.png` (top-5 evaluation images per query)."""
-    if not config.eval.zeroshot_source:
-        return
-    confusion, classes, out = _zero_shot_outputs(model, config)
-    from clipray.eval.suite import text_encoder
-
-    queries = retrieval_queries(classes, out["templates"])
-    query_emb = text_encoder(model, config)([q for q, _ in queries]).numpy()
-    scores = query_emb @ out["feats"].T  # both L2-normalised: cosine similarity
-    k = min(5, scores.shape[1])
-    top = np.argsort(-scores, axis=1)[:, :k]
-    hits = out["labels"][top] == np.array([i for _, i in queries])[:, None]
-    with tempfile.TemporaryDirectory() as tmp:
-        tracker.log_artifact(str(confusion_figure(confusion, classes, Path(tmp) / "zeroshot_confusion.png")), "eval")
-        tracker.log_artifact(str(retrieval_sheet([q for q, _ in queries], out["images"], top, hits,
-                                                 Path(tmp) / "retrieval.png")), "eval")
 
 
 def first_example(config: PipelineConfig) -> tuple[bytes, str]:

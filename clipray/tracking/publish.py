@@ -1,5 +1,5 @@
-"""After training: log the sample batch, evaluation plots, training curves and the pyfunc model;
-register it.
+"""After training: log the sample batch, training curves and the pyfunc model; register it.
+(The evaluation's metrics and plots come from `clipray.eval`, before this.)
 
 Registration uses aliases (the deprecated stages are not used). `clipray train` registers every
 run's model as a new version of `tracking.registered_model`; retraining moves `champion` (see
@@ -21,25 +21,18 @@ class Published:
     version: str | None = None
 
 
-def publish_run(tracker: Any, config: PipelineConfig, state_dict: dict[str, Any], *,
+def publish_run(tracker: Any, config: PipelineConfig, model: Any, step: int, *,
                 version_tags: dict[str, str] | None = None) -> Published:
-    """Artifacts and the model of a finished training run in `tracker`'s MLflow run."""
-    from clipray.tracking.artifacts import (
-        first_example,
-        log_eval_plots,
-        log_sample_batch,
-        log_training_curves,
-    )
-    from clipray.tracking.model import load_model, log_pyfunc_model
+    """Artifacts and the trained `model` of a finished training run in `tracker`'s MLflow run."""
+    from clipray.tracking.artifacts import first_example, log_sample_batch, log_training_curves
+    from clipray.tracking.model import log_pyfunc_model
 
-    model = load_model(config, state_dict)
     log_sample_batch(tracker, config)
-    log_eval_plots(tracker, model, config)
     log_training_curves(tracker)
     if not config.tracking.log_model:
         return Published(model_uri="")
     image, text = first_example(config)
-    uri = log_pyfunc_model(tracker.tracking_uri, tracker.run_id, config, state_dict, image, text)
+    uri = log_pyfunc_model(tracker.tracking_uri, tracker.run_id, config, model, step, image, text)
     name = config.tracking.registered_model or config.name
     version = register(tracker.tracking_uri, uri, name, tags=version_tags)
     return Published(uri, name, version)

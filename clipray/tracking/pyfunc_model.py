@@ -13,22 +13,26 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel, PythonModelContext
 
 from clipray.config import load_config
-from clipray.tracking.model import load_model, predict_frame
+from clipray.models import build_trained_model
+from clipray.models.checkpoint import read_state
+from clipray.models.inputs import text_input
+from clipray.tracking.model import predict_frame
 
 
 class ClipPyfunc(PythonModel):
     """Embeds the rows of a DataFrame: column `image` (encoded bytes) and/or `text`, one per row."""
 
     def load_context(self, context: PythonModelContext) -> None:
-        import torch
+        from pathlib import Path
 
-        self.config = load_config(context.artifacts["config"])
-        state = torch.load(context.artifacts["state"], map_location="cpu", weights_only=True)
-        self.model = load_model(self.config, state)
+        state = read_state(str(Path(context.artifacts["state"]).parent))  # the logged state.pt
+        self.config = load_config(data=state["config"])
+        self.model = build_trained_model(self.config.model, state["objective"]["model"])
+        self.to_text = text_input(self.config)
 
     # A DataFrame hint gives MLflow no schema of its own: the logged signature stays the one used.
     def predict(self, context: PythonModelContext, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        return predict_frame(self.model, self.config, model_input)
+        return predict_frame(self.model, self.config, model_input, self.to_text)
 
 
 mlflow.models.set_model(ClipPyfunc())

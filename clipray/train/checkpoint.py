@@ -1,6 +1,6 @@
 """Checkpoints under the run's storage path (local or s3://), atomic by a commit marker.
 
-Layout: `<root>/step_00000012/state.pt` then `<root>/step_00000012/COMMITTED`, written last.
+Layout: `<root>/step_00000012/state.pt` (the file format: `clipray.models.checkpoint`) then `<root>/step_00000012/COMMITTED`, written last.
 Object stores have no atomic rename, so completeness is the marker, not the directory: a crash
 mid-write leaves a directory without it, which `latest()` never chooses (and `prune` removes).
 The newest `keep` committed checkpoints are kept.
@@ -8,17 +8,14 @@ The newest `keep` committed checkpoints are kept.
 
 from __future__ import annotations
 
-import io
 import json
 import re
 from typing import Any
 
-import torch
-
+from clipray.models.checkpoint import read_state, write_state
 from clipray.train.faults import maybe_die
 
 MARKER = "COMMITTED"
-STATE = "state.pt"
 _DIR = re.compile(r"^step_(\d{8,})$")
 
 
@@ -65,14 +62,10 @@ class CheckpointStore:
     def save(self, state: dict[str, Any], step: int) -> str:
         """Write `state` for `step`, commit it, drop old ones; returns the checkpoint directory."""
         d = self.path(step)
-        self.fs.create_dir(d, recursive=True)
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        with self.fs.open_output_stream(f"{d}/{STATE}") as f:
-            f.write(buf.getvalue())
+        size = write_state(state, d, filesystem=self.fs)
         maybe_die("checkpoint_commit", step=step)  # tests: a crash between data and marker
         with self.fs.open_output_stream(f"{d}/{MARKER}") as f:
-            f.write(json.dumps({"step": step, "bytes": buf.tell()}).encode())
+            f.write(json.dumps({"step": step, "bytes": size}).encode())
         self.prune()
         return d
 
@@ -84,8 +77,7 @@ class CheckpointStore:
         step = self.latest() if step is None else step
         if step is None:
             return None
-        with self.fs.open_input_file(f"{self.path(step)}/{STATE}") as f:
-            return torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=False)
+        return read_state(self.uri(step), filesystem=self.fs)
 
     def prune(self) -> None:
         """Keep the newest `keep` committed checkpoints; remove uncommitted ones older than them."""

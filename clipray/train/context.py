@@ -6,19 +6,19 @@ in one process (unit tests, single-process baselines). The loop never imports `r
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from clipray.models.checkpoint import has_state, read_state, write_state
+
 if TYPE_CHECKING:
     from clipray.config import PipelineConfig
     from clipray.data.ops.filters import Claims
 
 Batch = dict[str, torch.Tensor]
-STATE_FILE = "state.pt"
 
 
 class TrainContext(Protocol):
@@ -51,21 +51,8 @@ class TrainContext(Protocol):
         ...
 
 
-def save_state(state: dict[str, Any], directory: str | os.PathLike[str]) -> Path:
-    """Write atomically: a crash mid-write leaves no file under the final name."""
-    path = Path(directory) / STATE_FILE
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def load_state(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-
-
 class LocalContext:
-    """Single process, world size 1; checkpoints in a local directory."""
+    """Single process, world size 1; the latest checkpoint in a local directory (`state.pt`)."""
 
     rank = 0
     world_size = 1
@@ -83,12 +70,11 @@ class LocalContext:
     def report(self, metrics: dict[str, float], state: dict[str, Any] | None) -> None:
         self.reports.append(dict(metrics))
         if state is not None and self.checkpoint_dir is not None:
-            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-            save_state(state, self.checkpoint_dir)
+            write_state(state, str(self.checkpoint_dir))
 
     def latest_state(self) -> dict[str, Any] | None:
-        if self.checkpoint_dir and (self.checkpoint_dir / STATE_FILE).exists():
-            return load_state(self.checkpoint_dir)
+        if self.checkpoint_dir and has_state(str(self.checkpoint_dir)):
+            return read_state(str(self.checkpoint_dir))
         return None
 
     def data_state(self) -> dict[str, Any] | None:

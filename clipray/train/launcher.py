@@ -1,4 +1,5 @@
-"""Driver side of a training run: MLflow run, Ray cluster, TorchTrainer, final evaluation."""
+"""Driver side of a training run: open the MLflow run, check the inputs, connect to Ray, fit, finish
+(evaluate once, publish once). `train` tells it in that order; each step is a function below."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import yaml
 from clipray.config import PipelineConfig, load_config, to_dict
 from clipray.config.load import flatten, unflatten
 from clipray.config.paths import with_absolute_paths
+from clipray.eval.loading import CHECKPOINT_TAG
 from clipray.models.summary import log_parameter_counts
 from clipray.runtime import init_ray
 from clipray.text.encoding import text_encoding
@@ -91,131 +93,213 @@ def train(config: PipelineConfig, *, init_model: dict[str, Any] | None = None,
           resume: str | None = None) -> TrainResult:
     """Train `config` on Ray, log everything to one MLflow run, evaluate zero-shot at the end.
 
+    The story: open the MLflow run, check the inputs before Ray starts, connect to Ray, fit,
+    finish (evaluate once, publish once). A failure anywhere marks the run FAILED with its cause.
+
     `resume`: the id of a run whose driver was lost; it continues from its latest committed
     checkpoint in the same MLflow run (`clipray.train.resume`).
 
     `init_model`: a model state dict to warm-start from (when no checkpoint of this run exists).
     `tags`: extra MLflow run tags; `version_tags`: tags of the registered model version.
     """
-    import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
+    run = open_run(config, tags, resume)
+    status = "FAILED"
+    beat = heartbeat(run.tracker)
+    try:
+        files = check_inputs(config, run)
+        init_ray(config, forward_env=(FAULT_ENV,))  # the fault injection of recovery tests reaches the workers
+        fitted = fit(config, run, files, init_model)
+        result = finish(config, run, fitted, version_tags)
+        status = "FINISHED"
+        return result
+    except BaseException as e:
+        run.tracker.set_tags({"clipray.error": f"{type(e).__name__}: {e}"[:4000]})
+        raise
+    finally:
+        beat.stop()
+        run.tracker.close(status)
 
-    from clipray.data.pipeline import preflight
-    from clipray.data.stats import stats_actor
-    from clipray.tracking.spool import TrackingOutage
-    from clipray.train.callbacks import RestartTracker
-    from clipray.train.checkpoint import CheckpointStore
-    from clipray.train.guard import NonFiniteError
+
+@dataclass
+class Run:
+    """The MLflow run a training run logs into, and where its checkpoints go."""
+
+    tracker: MlflowTracker
+    tracking_uri: str
+    experiment: str
+    name: str  # the Ray Train run name
+    storage: str  # the Ray Train storage path
+    checkpoint_root: str  # <storage>/<name>/checkpoints
+    restarts: int  # driver restarts (`--resume`) so far, this one included
+    resumed: bool
+
+
+def open_run(config: PipelineConfig, tags: dict[str, str] | None, resume: str | None) -> Run:
+    """A new MLflow run, or the run `resume` names (refused before anything runs if it cannot go on)."""
     from clipray.train.resume import resume_point
 
     tracking_uri = resolve_tracking_uri(config.tracking.tracking_uri)
     experiment = config.tracking.experiment or config.name
-    run_tags = {"clipray.pipeline": config.name, "clipray.family": config.model.family, **(tags or {})}
-    if config.tracking.parent_run_id:
-        run_tags["mlflow.parentRunId"] = config.tracking.parent_run_id  # MLflow's nesting tag
-    point = resume_point(config, tracking_uri, resume) if resume else None  # refused before anything runs
+    point = resume_point(config, tracking_uri, resume) if resume else None
     if point is not None:
         tracker = MlflowTracker(tracking_uri, point.run_id)
         tracker.client.update_run(point.run_id, status="RUNNING")
+        run = Run(tracker, tracking_uri, experiment, point.name, point.storage, point.checkpoint_root,
+                  point.restarts + 1, resumed=True)
     else:
+        run_tags = {"clipray.pipeline": config.name, "clipray.family": config.model.family, **(tags or {})}
+        if config.tracking.parent_run_id:
+            run_tags["mlflow.parentRunId"] = config.tracking.parent_run_id  # MLflow's nesting tag
         tracker = start_run(experiment, tracking_uri, run_name=config.tracking.run_name, tags=run_tags)
+        name, storage = f"{config.name}-{tracker.run_id[:8]}", storage_path(config)
+        run = Run(tracker, tracking_uri, experiment, name, storage, f"{storage.rstrip('/')}/{name}/checkpoints",
+                  restarts=0, resumed=False)
     print(f"[clipray] MLflow run {tracker.run_id} in experiment {experiment!r} ({tracking_uri})", flush=True)
     print(f"mlflow_run_id: {tracker.run_id}", flush=True)  # what `--resume` takes if this driver is lost
-    status = "FAILED"
-    beat = heartbeat(tracker)
-    try:
-        if point is None:
-            log_config(tracker, config)
-        source = preflight(config)  # S3 access, partitions, schemas and the ops' settings, before Ray starts
-        if point is None:
-            from clipray.data.curate.run import log_curated_source
+    return run
 
-            log_curated_source(tracker, config)  # curated data: its drops (eval_overlap, ...) as data/curated/*
-            log_parameter_counts(tracker, config.model)
-        init_ray(config, forward_env=(FAULT_ENV,))
-        stats = stats_actor()
-        tc = config.train
-        # The workers build one dataset per chunk of this file list (clipray.data.order).
-        files = source.files
-        if point is None:
-            name, storage = f"{config.name}-{tracker.run_id[:8]}", storage_path(config)
-            checkpoint_root = f"{storage.rstrip('/')}/{name}/checkpoints"
-            tracker.set_tags({"clipray.checkpoints": checkpoint_root})
-            tracker.log_metrics({"train/restarts": 0.0}, step=0)
-            restarts = 0
-        else:
-            name, storage, checkpoint_root = point.name, point.storage, point.checkpoint_root
-            restarts = point.restarts + 1
-            resumed = CheckpointStore(checkpoint_root, tc.keep_checkpoints).latest() or 0
-            tracker.log_metrics({"train/restarts": float(restarts), "train/resumed_from_step": float(resumed)},
-                                step=resumed)
-            tracker.set_tags({f"clipray.restart.{restarts}.cause": "driver lost: clipray train --resume",
-                              f"clipray.restart.{restarts}.after_step": str(resumed)})
-            print(f"[clipray] resuming run {point.run_id} from step {resumed} ({checkpoint_root})", flush=True)
-        lo, hi = tc.worker_range
-        elastic = {"elastic_resize_monitor_interval_s": tc.elastic_resize_interval_s} if lo != hi else {}
-        # The ignores: mypy types ray.train.ScalingConfig and RunConfig as Train V1's, because
-        # ray.train binds the V2 classes under `if is_v2_enabled()`. Train V2 (Ray's default, and
-        # the API of RestartTracker) takes a (min, max) worker range, the elastic interval and
-        # UserCallbacks.
-        trainer = TorchTrainer(
-            _worker_entry,  # type: ignore[arg-type]  # V2 passes on what it returns
-            train_loop_config={"config": _worker_config(config), "tracking_uri": tracking_uri,
-                               "run_id": tracker.run_id, "init_model": init_model,
-                               "files": files, "checkpoint_root": checkpoint_root, "stats": stats},
-            scaling_config=ray.train.ScalingConfig(
-                num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,  # type: ignore[arg-type]
-                resources_per_worker={"CPU": tc.cpus_per_worker, **tc.resources_per_worker},
-                **elastic,  # type: ignore[arg-type]
-            ),
-            run_config=ray.train.RunConfig(
-                name=name,
-                storage_path=storage,
-                failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
-                callbacks=[RestartTracker(tracking_uri, tracker.run_id, checkpoint_root,  # type: ignore[list-item]
-                                          restarts=restarts)],
-            ),
-        )
-        started = time.monotonic()
-        from clipray.tracking.artifacts import system_metrics
 
-        with system_metrics(tracking_uri, tracker.run_id):
-            result = trainer.fit()
-        if result.error is not None:
-            raise result.error
-        returned = getattr(result, "return_value", None)  # rank 0's; V2's Result (mypy sees V1's)
-        if isinstance(returned, dict) and returned.get("error"):
-            raise (TrackingOutage if returned.get("type") == "TrackingOutage" else NonFiniteError)(returned["error"])
-        train_s = time.monotonic() - started
-        data = ray.get(stats.snapshot.remote())
-        metrics = data_metrics(data, train_s)
-        store = CheckpointStore(checkpoint_root, tc.keep_checkpoints)
-        last = store.latest()
-        checkpoint_path = store.uri(last) if last is not None else None
-        final_state = store.load(last) if last is not None else None
-        if checkpoint_path:  # where `clipray eval --model RUN_ID` finds the weights
-            tracker.set_tags({"clipray.checkpoint": checkpoint_path})
-        if config.eval.zeroshot_source and final_state is not None:
-            metrics.update(evaluate_state(config, final_state))
-        tracker.log_metrics(metrics, step=tc.steps)
-        out = TrainResult(tracker.run_id, tracking_uri, experiment, checkpoint_path, metrics, data)
-        if final_state is not None:
-            from clipray.tracking.publish import publish_run
+def check_inputs(config: PipelineConfig, run: Run) -> list[str]:
+    """Before Ray starts: the config logged, the source checked (S3 access, partitions, schemas and
+    the ops' settings); returns the source's files, which the workers cut into chunks."""
+    from clipray.data.pipeline import preflight
 
-            published = publish_run(tracker, config, final_state["objective"]["model"],
-                                    version_tags={**(version_tags or {}), **{k: str(v) for k, v in metrics.items()
-                                                                             if k.startswith("eval/")}})
-            out.model_uri, out.model_name, out.model_version = (published.model_uri, published.name,
-                                                                published.version)
-        status = "FINISHED"
+    if not run.resumed:
+        log_config(run.tracker, config)
+    source = preflight(config)
+    if not run.resumed:
+        from clipray.data.curate.run import log_curated_source
+
+        log_curated_source(run.tracker, config)  # curated data: its drops (eval_overlap, ...) as data/curated/*
+        log_parameter_counts(run.tracker, config.model)
+    return list(source.files)
+
+
+@dataclass
+class Fitted:
+    data: dict[str, Any]  # the data stage's counts (rows in/out, drops by reason)
+    train_s: float
+
+
+def fit(config: PipelineConfig, run: Run, files: list[str], init_model: dict[str, Any] | None) -> Fitted:
+    """Run the TorchTrainer to the end; a worker's error is raised here."""
+    import ray
+
+    from clipray.data.stats import stats_actor
+
+    record_start(config, run)
+    stats = stats_actor()
+    trainer = build_trainer(config, run, {"config": _worker_config(config), "tracking_uri": run.tracking_uri,
+                                          "run_id": run.tracker.run_id, "init_model": init_model,
+                                          "files": files, "checkpoint_root": run.checkpoint_root, "stats": stats})
+    started = time.monotonic()
+    from clipray.tracking.artifacts import system_metrics
+
+    with system_metrics(run.tracking_uri, run.tracker.run_id):
+        result = trainer.fit()
+    raise_worker_error(result)
+    return Fitted(ray.get(stats.snapshot.remote()), time.monotonic() - started)
+
+
+def record_start(config: PipelineConfig, run: Run) -> None:
+    """Where the checkpoints go, and the restart count (a resumed run: from which step)."""
+    if not run.resumed:
+        run.tracker.set_tags({"clipray.checkpoints": run.checkpoint_root})
+        run.tracker.log_metrics({"train/restarts": 0.0}, step=0)
+        return
+    from clipray.train.checkpoint import CheckpointStore
+
+    resumed = CheckpointStore(run.checkpoint_root, config.train.keep_checkpoints).latest() or 0
+    run.tracker.log_metrics({"train/restarts": float(run.restarts), "train/resumed_from_step": float(resumed)},
+                            step=resumed)
+    run.tracker.set_tags({f"clipray.restart.{run.restarts}.cause": "driver lost: clipray train --resume",
+                          f"clipray.restart.{run.restarts}.after_step": str(resumed)})
+    print(f"[clipray] resuming run {run.tracker.run_id} from step {resumed} ({run.checkpoint_root})", flush=True)
+
+
+def build_trainer(config: PipelineConfig, run: Run, loop_config: dict[str, Any]) -> Any:
+    """Ray Train V2's TorchTrainer for `_worker_entry`, with the run's scaling, storage and callbacks."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from clipray.train.callbacks import RestartTracker
+
+    tc = config.train
+    lo, hi = tc.worker_range
+    elastic = {"elastic_resize_monitor_interval_s": tc.elastic_resize_interval_s} if lo != hi else {}
+    # The ignores: mypy types ray.train.ScalingConfig and RunConfig as Train V1's, because
+    # ray.train binds the V2 classes under `if is_v2_enabled()`. Train V2 (Ray's default, and
+    # the API of RestartTracker) takes a (min, max) worker range, the elastic interval and
+    # UserCallbacks.
+    return TorchTrainer(
+        _worker_entry,  # type: ignore[arg-type]  # V2 passes on what it returns
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=lo if lo == hi else (lo, hi), use_gpu=tc.use_gpu,  # type: ignore[arg-type]
+            resources_per_worker={"CPU": tc.cpus_per_worker, **tc.resources_per_worker},
+            **elastic,  # type: ignore[arg-type]
+        ),
+        run_config=ray.train.RunConfig(
+            name=run.name,
+            storage_path=run.storage,
+            failure_config=ray.train.FailureConfig(max_failures=tc.max_failures),
+            callbacks=[RestartTracker(run.tracking_uri, run.tracker.run_id,  # type: ignore[list-item]
+                                      run.checkpoint_root, restarts=run.restarts)],
+        ),
+    )
+
+
+def raise_worker_error(result: Any) -> None:
+    """The run's error: Ray Train's, or one that rank 0 returned (`_worker_entry`)."""
+    from clipray.tracking.spool import TrackingOutage
+    from clipray.train.guard import NonFiniteError
+
+    if result.error is not None:
+        raise result.error
+    returned = getattr(result, "return_value", None)  # rank 0's; V2's Result (mypy sees V1's)
+    if isinstance(returned, dict) and returned.get("error"):
+        raise (TrackingOutage if returned.get("type") == "TrackingOutage" else NonFiniteError)(returned["error"])
+
+
+def finish(config: PipelineConfig, run: Run, fitted: Fitted, version_tags: dict[str, str] | None) -> TrainResult:
+    """The final checkpoint becomes a model once; it is evaluated once and published once."""
+    from clipray.models import build_trained_model
+    from clipray.train.checkpoint import CheckpointStore
+
+    metrics = data_metrics(fitted.data, fitted.train_s)
+    tracker = run.tracker
+    out = TrainResult(tracker.run_id, run.tracking_uri, run.experiment, None, metrics, fitted.data)
+    store = CheckpointStore(run.checkpoint_root, config.train.keep_checkpoints)
+    last = store.latest()
+    if last is None:
+        tracker.log_metrics(metrics, step=config.train.steps)
         return out
-    except BaseException as e:
-        tracker.set_tags({"clipray.error": f"{type(e).__name__}: {e}"[:4000]})
-        raise
-    finally:
-        beat.stop()
-        tracker.close(status)
+    out.checkpoint_path = store.uri(last)
+    tracker.set_tags({CHECKPOINT_TAG: out.checkpoint_path})  # where `clipray eval --model RUN_ID` finds it
+    state = store.load(last)
+    assert state is not None
+    model = build_trained_model(config.model, state["objective"]["model"])
+    if config.eval.zeroshot_source:
+        metrics.update(final_evaluation(config, tracker, model))
+    tracker.log_metrics(metrics, step=config.train.steps)
+    from clipray.tracking.publish import publish_run
+
+    evals = {k: str(v) for k, v in metrics.items() if k.startswith("eval/")}
+    published = publish_run(tracker, config, model, int(state["step"]), version_tags={**(version_tags or {}), **evals})
+    out.model_uri, out.model_name, out.model_version = published.model_uri, published.name, published.version
+    return out
+
+
+def final_evaluation(config: PipelineConfig, tracker: MlflowTracker, model: Any) -> dict[str, float]:
+    """The one evaluation (`clipray.eval.suite.evaluate`) of the trained model, and its plots."""
+    from clipray.eval.plots import log_eval_plots
+    from clipray.eval.suite import evaluate
+    from clipray.eval.zeroshot import load_zeroshot_task
+
+    task = load_zeroshot_task(config)
+    evaluation = evaluate(model, config, task)
+    log_eval_plots(tracker, model, config, task, evaluation)
+    return evaluation.metrics
 
 
 def _worker_config(config: PipelineConfig) -> dict[str, Any]:
@@ -232,13 +316,3 @@ def data_metrics(data: dict[str, Any], wall_s: float) -> dict[str, float]:
     busy = data.get("busy_s", 0.0)
     out["data/stage_rows_per_s"] = data["rows_in"] / busy if busy > 0 else 0.0
     return out
-
-
-def evaluate_state(config: PipelineConfig, state: Any) -> dict[str, float]:
-    from clipray.eval.suite import evaluate_in_process
-    from clipray.eval.zeroshot import load_zeroshot_task
-    from clipray.models import build_model
-
-    model = build_model(config.model)
-    model.load_state_dict(state["objective"]["model"])
-    return evaluate_in_process(model, config, load_zeroshot_task(config))

@@ -100,10 +100,11 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
     from mlflow.tracking import MlflowClient
 
     from clipray.config import load_config
-    from clipray.eval.zeroshot import embed_images, load_zeroshot_task
+    from clipray.eval.zeroshot import load_zeroshot_task
     from clipray.models import build_model
+    from clipray.models.checkpoint import read_state
+    from clipray.models.inputs import embed_images
     from clipray.text import load_tokenizer
-    from clipray.train.context import load_state
 
     client = MlflowClient(trained["uri"])
     versions = client.search_model_versions("name='clip-tiny'")
@@ -118,7 +119,7 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
                          [f"eval.zeroshot_source={tiny_data / 'eval'}"])
     state_files = sorted(Path(trained["cwd"], "runs").rglob("state.pt"), key=lambda p: p.stat().st_mtime)
     model = build_model(config.model)
-    model.load_state_dict(load_state(state_files[-1].parent)["objective"]["model"])
+    model.load_state_dict(read_state(str(state_files[-1].parent))["objective"]["model"])
     model.eval()
 
     eval_file = sorted((tiny_data / "eval").glob("*.parquet"))[0]
@@ -129,7 +130,7 @@ def test_pyfunc_model_embeds_like_in_process_model(trained: dict[str, str], tiny
     got = np.asarray(loaded.predict(frame))
 
     task = load_zeroshot_task(config)  # the evaluation path: same decode/transform, separate code
-    want_img = embed_images(model, task.images[:6], config, torch.device("cpu")).numpy()
+    want_img = embed_images(model, task.images[:6], config).numpy()
     tok = load_tokenizer(config.text_encoding.tokenizer, config.model.text.context_length)
     with torch.no_grad():
         want_txt = F.normalize(model.encode_text(torch.from_numpy(tok(texts)).long()).float(), dim=-1).numpy()
@@ -165,7 +166,7 @@ def test_no_planted_secret_is_logged(trained: dict[str, str], tmp_path: Path):
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/clip-tiny/{v.version}",
                                                          dst_path=str(tmp_path / "m")))
     files += [p for p in model_dir.rglob("*") if p.is_file()]
-    assert any(f.name == "pipeline.yaml" for f in files) and any(f.name == "MLmodel" for f in files)
+    assert any(f.name == "state.pt" for f in files) and any(f.name == "MLmodel" for f in files)  # config inside
     for secret in (ENV_SECRET, CFG_SECRET):
         assert secret not in blob, f"{secret} in params/tags"
         for f in files:

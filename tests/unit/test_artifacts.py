@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -13,7 +14,6 @@ from clipray.config import load_config
 from clipray.models import build_model
 from clipray.tracking.artifacts import (
     line_chart,
-    log_eval_plots,
     log_training_curves,
     retrieval_queries,
     retrieval_sheet,
@@ -73,7 +73,16 @@ def test_eval_plots_and_curves_are_logged(tiny_data, tmp_path):
     torch.manual_seed(0)
     model = build_model(config.model).eval()
     tracker = FileTracker(tmp_path / "artifacts")
-    log_eval_plots(tracker, model, config)
+    from clipray.eval.plots import log_eval_plots, zero_shot_confusion
+    from clipray.eval.suite import evaluate
+    from clipray.eval.zeroshot import load_zeroshot_task
+
+    task = load_zeroshot_task(config)
+    evaluation = evaluate(model, config, task)
+    log_eval_plots(tracker, model, config, task, evaluation)
+    confusion = zero_shot_confusion(evaluation, task)  # the matrix agrees with the logged top-1
+    assert confusion.sum() == len(task.labels)
+    assert confusion.trace() / confusion.sum() == pytest.approx(evaluation.metrics["eval/zeroshot_top1"])
     sheet = Image.open(tmp_path / "artifacts/eval/retrieval.png")
     assert sheet.size[1] > 6 * 72  # six query rows
     assert Image.open(tmp_path / "artifacts/eval/zeroshot_confusion.png").size[0] > 24 * 14

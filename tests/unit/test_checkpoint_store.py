@@ -9,7 +9,8 @@ import sys
 
 import torch
 
-from clipray.train.checkpoint import MARKER, STATE, CheckpointStore
+from clipray.models.checkpoint import STATE_FILE as STATE
+from clipray.train.checkpoint import MARKER, CheckpointStore
 
 WRITER = """
 import sys, torch

@@ -16,7 +16,7 @@ from clipray.curation.score import model_encoder, resolve_score_model
 from clipray.data.curate.score import SCORE_COLUMN, ClipScorer
 from clipray.data.stats import PipelineStats
 from clipray.models import build_model
-from clipray.train.context import STATE_FILE
+from clipray.models.checkpoint import STATE_FILE
 
 CFG = {"name": "score", "model": {"embed_dim": 16, "vision": {"image_size": 32, "patch_size": 8, "width": 32,
                                                                 "layers": 1, "heads": 2},
@@ -55,19 +55,19 @@ def test_scorer_drops_exactly_the_rows_below_the_threshold(tmp_path):
     assert np.all(out.column(SCORE_COLUMN).to_numpy() >= threshold)
 
 
-def test_registered_model_alias_resolves_to_its_run(tmp_path, monkeypatch):
+def test_registered_model_alias_resolves_through_the_model_loader(tmp_path, monkeypatch):
     import pytest
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path}/m.db"
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-    exp = client.create_experiment("e")
+    exp = client.create_experiment("e", artifact_location=str(tmp_path / "artifacts"))
     run = client.create_run(exp)
     client.create_registered_model("scorer")
     v = client.create_model_version("scorer", f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
     client.set_registered_model_alias("scorer", "champion", v.version)
-    # the alias resolves to the run; that run has no checkpoint tag, which the loader says
-    with pytest.raises(FileNotFoundError, match=f"run {run.info.run_id} has no 'clipray.checkpoint' tag"):
+    # the alias resolves to version 1, which holds no logged state.pt: the error names the setting
+    with pytest.raises(FileNotFoundError, match=r"data\.score_model: .*version 1 holds no state\.pt"):
         resolve_score_model("models:/scorer@champion", uri)
-    with pytest.raises(FileNotFoundError, match="not in the model registry"):
+    with pytest.raises(FileNotFoundError, match=r"data\.score_model: .*not in the model registry"):
         resolve_score_model("models:/nothing@champion", uri)

@@ -12,7 +12,7 @@ from clipray.config.schema import ModelConfig, VisionConfig
 from clipray.eval.gap import modality_gap
 from clipray.eval.retrieval import caption_groups, retrieval_metrics
 from clipray.eval.run import set_name
-from clipray.eval.suite import compute_metrics
+from clipray.eval.suite import score_embeddings
 from clipray.eval.zeroshot import zero_shot_metrics
 
 
@@ -64,13 +64,14 @@ def test_zero_shot_metrics_and_prompt_ensemble():
     assert m["eval/zeroshot_top1"] == pytest.approx(2 / 3)
     assert m["eval/zeroshot_chance"] == pytest.approx(1 / 3)
 
-    # compute_metrics averages normalised prompt embeddings per class: a text encoder that maps the
+    # score_embeddings averages normalised prompt embeddings per class: a text encoder that maps the
     # class name to its axis makes every image of that axis correct.
     def encode(texts):
         return F.normalize(torch.stack([torch.eye(3)[["x", "y", "z"].index(t.split()[-1])] + 0.01 for t in texts]),
                            dim=-1)
 
-    out = compute_metrics(torch.eye(3), [0, 1, 2], ["a x", "a y", "a z"], ["x", "y", "z"], ["a {}", "the {}"], encode)
+    out = score_embeddings(torch.eye(3), [0, 1, 2], ["a x", "a y", "a z"], ["x", "y", "z"], ["a {}", "the {}"],
+                           encode).metrics
     assert out["eval/zeroshot_top1"] == 1.0 and out["eval/t2i_r1"] == 1.0 and out["eval/i2t_r1"] == 1.0
     assert 0 <= out["eval/modality_gap"] < 0.1
 

@@ -26,9 +26,10 @@ from PIL import Image
 
 from clipray.cli import main
 from clipray.config import PipelineConfig, load_config, to_dict
+from clipray.models.checkpoint import write_state
 from clipray.models.clip.export import OPEN_CLIP_CONFIG, ExportError, check_exportable
-from clipray.tracking.model import load_model, predict_frame
-from clipray.train.context import LocalContext, save_state
+from clipray.tracking.model import predict_frame
+from clipray.train.context import LocalContext
 from clipray.train.loop import train_loop
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +122,7 @@ def resnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[PipelineConfig, Pa
     model.load_state_dict({k: torch.from_numpy(v) for k, v in seeded_state_dict(shapes, 3).items()})
     ckpt = tmp_path_factory.mktemp("rn") / "ckpt"
     ckpt.mkdir()
-    save_state({"objective": {"model": model.state_dict()}, "config": to_dict(config), "step": 0}, ckpt)
+    write_state({"objective": {"model": model.state_dict()}, "config": to_dict(config), "step": 0}, str(ckpt))
     return config, ckpt
 
 
@@ -158,9 +159,9 @@ def exported(reference, trained, resnet, inputs, tmp_path_factory: pytest.TempPa
 
 def clipray_embeddings(config: PipelineConfig, ckpt: Path, inputs: dict[str, object]) -> dict[str, np.ndarray]:
     """What the logged pyfunc model returns (predict_frame over image bytes and texts)."""
-    from clipray.eval.loading import load_state_dict, resolve_model
+    from clipray.eval.loading import load_model
 
-    model = load_model(config, load_state_dict(resolve_model(str(ckpt))))
+    model = load_model(str(ckpt)).model
     images = [Path(p).read_bytes() for p in inputs["images"]]  # type: ignore[attr-defined]
     n, t = len(images), len(TEXTS)
     frame = pd.DataFrame({"image": images + [None] * t, "text": [None] * n + TEXTS})
@@ -210,7 +211,7 @@ def test_openai_file_loads_and_embeds_identically(exported, inputs, tower):
                                               ("pipelines/tiny/albef-tiny.yaml", "albef")])
 def test_clippo_and_albef_are_refused(tmp_path, capsys, pipeline, family):
     config = load_config(ROOT / pipeline)
-    save_state({"objective": {"model": {}}, "config": to_dict(config), "step": 1}, tmp_path)
+    write_state({"objective": {"model": {}}, "config": to_dict(config), "step": 1}, str(tmp_path))
     assert main(["export", str(tmp_path), "--format", "open_clip", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert f"model.family={family}" in err and "no open_clip or OpenAI counterpart" in err

@@ -1,4 +1,5 @@
-"""`clipray export`: a trained CLIP in OpenAI's key layout, as open_clip or OpenAI's loaders read it.
+"""What `clipray export` writes: a trained CLIP in OpenAI's key layout, as open_clip or OpenAI's
+loaders read it (the command itself, which finds the model, is `clipray.export`).
 
 Two formats:
 
@@ -22,9 +23,6 @@ masks it).
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from clipray.config import PipelineConfig
@@ -41,17 +39,7 @@ class ExportError(InvalidInputError):
     """The model cannot be written in the asked format; the message says why and what to do."""
 
 
-@dataclass
-class ExportResult:
-    out: Path
-    format: str
-    files: list[str]
-    step: int
-    run_id: str | None
-    notes: list[str] = field(default_factory=list)
-
-
-def _check_format(fmt: str) -> None:
+def check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
@@ -59,7 +47,7 @@ def _check_format(fmt: str) -> None:
 def check_exportable(config: PipelineConfig, fmt: str) -> None:
     """Raise ExportError unless open_clip / OpenAI's loaders compute exactly what clipray does."""
     m = config.model
-    _check_format(fmt)
+    check_format(fmt)
     if m.family != "clip":
         why = {"clippo": "one ViT shared by images and rendered text", "albef": "a fusion encoder with ITM/MLM heads"}
         raise ExportError(f"model.family={m.family} ({why.get(m.family, 'not a CLIP dual encoder')}) has no "
@@ -112,34 +100,3 @@ def open_clip_preprocess_cfg(config: PipelineConfig) -> dict[str, Any]:
     """open_clip's PreprocessCfg: clipray evaluates images resized (short side, bicubic) and centre-cropped."""
     return {"size": config.model.vision.image_size, "mode": "RGB", "mean": list(config.image.mean),
             "std": list(config.image.std), "interpolation": "bicubic", "resize_mode": "shortest"}
-
-
-def export_model(ref: str, fmt: str, out: str | Path, tracking_uri: str | None = None) -> ExportResult:
-    """Write the model of `ref` (an MLflow run id, `runs:/<id>` or a checkpoint directory) to `out`."""
-    import torch
-
-    from clipray.eval.loading import build_loaded_model, load_state_dict, resolve_model
-
-    _check_format(fmt)  # before the model is looked up
-    source = resolve_model(ref, tracking_uri)
-    config = source.config
-    check_exportable(config, fmt)
-    weights = build_loaded_model(config, load_state_dict(source)).to_openai_state_dict()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    notes = []
-    if config.text_encoding.tokenizer != "openai":
-        notes.append(f"the model was trained on ids from text_encoding.tokenizer={config.text_encoding.tokenizer!r}; open_clip's "
-                     f"tokenizer is OpenAI's BPE: tokenize with clipray's tokenizer to get the trained ids")
-    if fmt == "openai":
-        torch.save(weights, out / OPENAI_WEIGHTS)
-        files = [OPENAI_WEIGHTS]
-    else:
-        torch.save(weights, out / OPEN_CLIP_WEIGHTS)
-        meta = {"model_cfg": open_clip_model_cfg(config), "preprocess_cfg": open_clip_preprocess_cfg(config),
-                # Not read by open_clip (it takes model_cfg and preprocess_cfg); where the weights came from.
-                "clipray": {"source": ref, "run_id": source.run_id, "step": source.step,
-                            "pipeline": config.name, "tokenizer": config.text_encoding.tokenizer}}
-        (out / OPEN_CLIP_CONFIG).write_text(json.dumps(meta, indent=2) + "\n")
-        files = [OPEN_CLIP_CONFIG, OPEN_CLIP_WEIGHTS]
-    return ExportResult(out=out, format=fmt, files=files, step=source.step, run_id=source.run_id, notes=notes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -91,16 +92,22 @@ def from_openai_state_dict(state_dict: Mapping[str, Any], *, quick_gelu: bool = 
 def read_state_dict(path_or_uri: str) -> dict[str, Any]:
     """A state dict from a local path or a pyarrow-readable URI (s3://…): torch.save or TorchScript.
 
-    A clipray checkpoint (`state.pt` with an `objective` entry) yields its model weights.
+    A clipray checkpoint (its directory, or its `state.pt`) yields its model weights, read by the
+    checkpoint format's own reader.
     """
+    from clipray.models.checkpoint import STATE_FILE, has_state, read_state
+
+    name = path_or_uri.rstrip("/")
+    if name.endswith("/" + STATE_FILE) or name == STATE_FILE:
+        return clean_state_dict(read_state(name[: -len(STATE_FILE)] or ".")["objective"]["model"])
+    if "://" not in name and Path(name).is_dir() and has_state(name):
+        return clean_state_dict(read_state(name)["objective"]["model"])
     data = read_bytes(path_or_uri)
     try:
         obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     except Exception:  # OpenAI's released files are TorchScript archives
         obj = torch.jit.load(io.BytesIO(data), map_location="cpu").state_dict()
-    if isinstance(obj, dict) and "objective" in obj:
-        obj = obj["objective"]["model"]
-    elif isinstance(obj, dict) and "state_dict" in obj:
+    if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping):
         raise InvalidInputError(f"model.init_from {path_or_uri}: expected a state dict, got {type(obj).__name__}")

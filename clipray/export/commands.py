@@ -1,4 +1,5 @@
-"""`clipray export`."""
+"""`clipray export`: registered by the export group (it finds models through `clipray.eval.loading`,
+so it sits above `models`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ def register(sub: Subparsers) -> None:
     from clipray.models.clip.export import FORMATS
 
     p = sub.add_parser("export", help="write a trained CLIP in OpenAI / open_clip layout (open_clip loads the folder)")
-    p.add_argument("model", metavar="RUN_ID|CHECKPOINT",
-                   help="MLflow run id (or runs:/<id>) of a training run, or a checkpoint directory")
+    p.add_argument("model", metavar="RUN_ID|CHECKPOINT|models:/NAME/VERSION",
+                   help="MLflow run id (or runs:/<id>) of a training run, a checkpoint directory, or a "
+                        "registered version (models:/NAME/VERSION, models:/NAME@ALIAS)")
     p.add_argument("--format", choices=FORMATS, required=True,
                    help="open_clip: open_clip_config.json + weights (open_clip.create_model('local-dir:OUT')); "
                         "openai: one OpenAI-layout state dict (model.pt)")
@@ -23,7 +25,8 @@ def register(sub: Subparsers) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from clipray.models.clip.export import ExportError, export_model
+    from clipray.export import export_model
+    from clipray.models.clip.export import ExportError
 
     try:
         result = export_model(args.model, args.format, args.out, tracking_uri=args.tracking_uri)
