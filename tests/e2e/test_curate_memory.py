@@ -121,7 +121,7 @@ def test_clip_score_actor_stage_drops_exactly_the_rows_below_the_threshold(tmp_p
     from clipray.curation.run import curate
     from clipray.curation.score import ModelEncoder
     from clipray.models import build_model
-    from clipray.train.context import STATE_FILE
+    from clipray.models.checkpoint import write_state
 
     rng = np.random.default_rng(1)
     n = 48
@@ -140,9 +140,8 @@ def test_clip_score_actor_stage_drops_exactly_the_rows_below_the_threshold(tmp_p
     model_config = load_config(data={"name": "scorer", "model": SCORE_MODEL, "text_encoding": {"tokenizer": "words"}})
     torch.manual_seed(0)
     ckpt = tmp_path / "ckpt"
-    ckpt.mkdir()
     state = build_model(model_config.model).state_dict()
-    torch.save({"config": to_dict(model_config), "objective": {"model": state}, "step": 1}, ckpt / STATE_FILE)
+    write_state({"config": to_dict(model_config), "objective": {"model": state}, "step": 1}, str(ckpt))
     # the labels: each safe row's score under the same model, the threshold at their median
     safe = ~unsafe
     scores = ModelEncoder(to_dict(model_config), state).scores([j for j, s in zip(jpg, safe) if s],
