@@ -92,6 +92,7 @@ def _train(config: PipelineConfig, ctx: TrainContext, tracker: ExactlyOnceTracke
     periodic_eval = PeriodicEval(config, ctx.rank)
     last = time.perf_counter()
     first_step, loop_start = step, last  # for the ETA
+    last_logged = step  # the rate covers the steps since the last log: fewer than log_every at the end
     preempted = False  # after a preemption notice every step is checkpointed: a restart replays <= 1
     while step < tc.steps:
         seen = 0
@@ -111,9 +112,9 @@ def _train(config: PipelineConfig, ctx: TrainContext, tracker: ExactlyOnceTracke
             if step % tc.log_every == 0 or step == tc.steps:
                 now = time.perf_counter()
                 metrics = _metrics(losses, report, ctx, optimizer, grad_norm,
-                                   samples_per_s=tc.global_batch_size * tc.log_every / (now - last),
+                                   samples_per_s=tc.global_batch_size * (step - last_logged) / (now - last),
                                    skipped=guard.skipped)
-                last = now
+                last, last_logged = now, step
                 tracker.log_metrics(metrics, step)
                 if ctx.rank == 0 and (step % max(tc.log_every, 10) == 0 or step == tc.steps):
                     eta = (now - loop_start) / (step - first_step) * (tc.steps - step)
