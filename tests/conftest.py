@@ -99,7 +99,7 @@ def curation_data(tmp_path_factory: pytest.TempPathFactory):
     return build(tmp_path_factory.mktemp("curation"))
 
 
-# `make test` spreads the tests over pytest-xdist workers, each taking the next test as it finishes
+# `make test TEST_WORKERS=N` spreads the tests over pytest-xdist workers, each taking the next test as it finishes
 # one. Longest first: the runs that start Ray clusters go out first and the many quick unit tests
 # fill the gaps at the end, instead of one worker finishing a long run alone.
 def _cost(item: pytest.Item) -> int:
