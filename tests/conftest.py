@@ -109,7 +109,8 @@ def _cost(item: pytest.Item) -> int:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_cost)  # stable: files and tests keep their order within each cost
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a serial run keeps the files' own order
+        items.sort(key=_cost)  # stable: files and tests keep their order within each cost
 
 
 # The modules whose tests share module-scoped fixtures (a Ray head, a server, a trained run, a
