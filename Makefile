@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1 || echo 0)
 TORCH_CPU := torch==2.13.0
 # pytest-xdist workers for `make test`; 0 runs the tests one after another in one process. On the
-# 2-core reference VM three workers took 26 minutes of pytest against about 35 serially, but the
+# 2-core reference VM three workers took 26.5 minutes of pytest, no faster than serially, and the
 # elastic node-loss test then timed out waiting for Ray Train to notice the lost node, so the
 # default stays serial (docs/testing.md). On a machine with more cores: make test TEST_WORKERS=4
 TEST_WORKERS ?= 0
